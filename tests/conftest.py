@@ -1,0 +1,36 @@
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+# Keep the CPU suite fast and deterministic on a 2-core machine.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINIONS = os.path.join(REPO, "..", "shared", "data", "minions")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run through the device tool)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def minions_path():
+    if not os.path.isdir(MINIONS):
+        pytest.skip("the real sample ../shared/data/minions is not here")
+    return MINIONS
