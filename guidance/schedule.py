@@ -2,11 +2,11 @@
 
 The window ``[min_step, max_step]`` is given as fractions of the diffusion model's training
 timesteps (1000 for Zero123). Both ends move linearly in the global step from their start value
-(step 0) to their end value (step ``t_anneal_steps``) and are held there afterwards:
+(step 0) to their end value (step ``anneal_steps``) and are held there afterwards:
 ``min 0.5 -> 0.02`` and ``max 0.95 -> 0.5``.
 
-Config keys (all optional): ``t_min_start`` [0.5], ``t_min_end`` [0.02], ``t_max_start`` [0.95],
-``t_max_end`` [0.5], ``t_anneal_steps`` [3000].
+Config keys (all optional; those of config_utils): ``min_step_start`` [0.5], ``min_step_end``
+[0.02], ``max_step_start`` [0.95], ``max_step_end`` [0.5], ``anneal_steps`` [3000].
 """
 from __future__ import annotations
 
@@ -15,25 +15,25 @@ from typing import Any
 from . import cfg_get
 
 DEFAULT_WINDOW = {
-    "t_min_start": 0.5,
-    "t_min_end": 0.02,
-    "t_max_start": 0.95,
-    "t_max_end": 0.5,
-    "t_anneal_steps": 3000,
+    "min_step_start": 0.5,
+    "min_step_end": 0.02,
+    "max_step_start": 0.95,
+    "max_step_end": 0.5,
+    "anneal_steps": 3000,
 }
 
 
 def window_fractions(step: int, cfg: Any = None) -> tuple[float, float]:
     """(min, max) of the timestep window at global ``step``, as fractions of the training timesteps."""
     keys = {key: float(cfg_get(cfg, key, default)) for key, default in DEFAULT_WINDOW.items()}
-    anneal = keys["t_anneal_steps"]
+    anneal = keys["anneal_steps"]
     ratio = 1.0 if anneal <= 0 else min(max(step / anneal, 0.0), 1.0)
-    t_min = keys["t_min_start"] + (keys["t_min_end"] - keys["t_min_start"]) * ratio
-    t_max = keys["t_max_start"] + (keys["t_max_end"] - keys["t_max_start"]) * ratio
+    t_min = keys["min_step_start"] + (keys["min_step_end"] - keys["min_step_start"]) * ratio
+    t_max = keys["max_step_start"] + (keys["max_step_end"] - keys["max_step_start"]) * ratio
     if not 0.0 <= t_min <= t_max <= 1.0:
         raise ValueError(
             f"timestep window [{t_min:.3f}, {t_max:.3f}] at step {step} is not inside [0, 1]: "
-            "check t_min_start/t_min_end/t_max_start/t_max_end in the config"
+            "check min_step_start/min_step_end/max_step_start/max_step_end in the config"
         )
     return t_min, t_max
 
