@@ -60,6 +60,7 @@ class Config:
     save_step: int = 8000  # save every save_step steps and at the end (0 = only at the end)
     valid_interval: int = 500  # front/back validation renders (0 = never)
     log_interval: int = 50  # losses are read back from the device every log_interval steps
+    video_fps: int = 10  # validation videos
     iters: int = 2000  # step_ratio = min(1, step / iters)
     init_steps: int = 700  # coarse stage: no deformation, time of the middle frame
     batch_size: int = 4
@@ -267,7 +268,7 @@ def validate_config(cfg: DictConfig, require_path: bool = True) -> None:
         f"device={cfg.device} is not auto, cpu, cuda or cuda:N",
     )
     need(cfg.time_mapping in TIME_MAPPINGS, f"time_mapping={cfg.time_mapping} is not one of {', '.join(TIME_MAPPINGS)}")
-    for key in ("batch_size", "ref_size", "anchor_size", "iters", "num_pts", "total_steps", "log_interval"):
+    for key in ("batch_size", "ref_size", "anchor_size", "iters", "num_pts", "total_steps", "log_interval", "video_fps"):
         need(cfg[key] >= 1, f"{key}={cfg[key]} must be at least 1")
     for key in ("init_steps", "save_step", "valid_interval", "anchors_per_sample"):
         need(cfg[key] >= 0, f"{key}={cfg[key]} must be 0 or more")
