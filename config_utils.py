@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from errors import UserError
 
 BACKENDS = ("auto", "torch", "gsplat")
-TIME_MAPPINGS = ("full", "half")
+TIME_MAPPINGS = ("full", "half", "released")
 
 
 class ConfigError(UserError):
@@ -70,8 +70,6 @@ class Config:
     fovy: float = 49.1
     elevation: float = 0.0
     anchor_views: List[List[float]] = field(default_factory=_v11_anchor_table)
-    min_ver: float = -30.0  # random-view elevation offset range, before the [-80, 80] clamp
-    max_ver: float = 30.0
 
     # --- random views (SPEC section 4.2) ---
     invert_bg_prob: float = 0.5
@@ -82,7 +80,9 @@ class Config:
     num_pts: int = 10000
     init_radius: float = 0.5  # initial points uniform in a ball of this radius
     sh_degree: int = 0
-    time_mapping: str = "full"  # full: t in [0, 1) spans the whole grid axis; half: released quirk
+    # full: grid coordinate 2t - 1 (t in [0, 1) spans the whole time axis); released/half: the
+    # released quirk (t used as the coordinate: only half the axis). Our choice: full.
+    time_mapping: str = "full"
     bounds: float = 1.6  # HexPlane box [-bounds, bounds]^3
     kplanes_features: int = 32
     kplanes_resolution: List[int] = field(default_factory=lambda: [64, 64, 64, 25])
@@ -132,6 +132,7 @@ class Config:
     opacity_lr: float = 0.02
     scaling_lr: float = 0.01
     rotation_lr: float = 0.002
+    lr_delay_steps: int = 0  # ours; 0 = the released run (its delay multipliers then have no effect)
     adam_eps: float = 1e-15
 
     # --- densification (SPEC section 6) ---
