@@ -1,0 +1,243 @@
+"""Adaptive density control of the canonical Gaussians (SPEC 6), factored as gsplat's strategies.
+
+Usage per training step (after ``loss.backward()``)::
+
+    strategy.accumulate(render_outputs, step)   # all renders of the step (reference + random)
+    optimizer.step(); optimizer.zero_grad()
+    stats = strategy.step(model, optimizer, step)   # clone / split / prune on schedule
+
+Statistic (as the released trainer): for one step, the screen-space position gradients of all its
+renders are converted to NDC units (pixel gradient times (W/2, H/2), so renders of different sizes
+add up) and SUMMED as vectors; the norm of that sum is added to ``grad_sum`` and ``count`` grows
+by 1 for each Gaussian visible in at least one render of the step. The per-Gaussian statistic is
+the mean ``grad_sum / count`` (0 where count is 0). ``max_radii`` keeps each Gaussian's largest
+screen radius (pixels) since the last densification.
+
+Densification, at steps ``density_start_iter <= step <= density_end_iter`` with
+``step % densification_interval == 1`` (statistics are accumulated over the same window):
+
+* threshold: the statistic ranked at index ``int(p / 100 * M)`` in descending order among the M
+  Gaussians with a positive statistic (p = ``densify_grad_threshold_percent``); Gaussians with a
+  statistic >= threshold are selected (the released code ranks log-gradients: same order);
+* clone the selected with max scale <= ``percent_dense * extent``: an exact copy;
+* split the selected with a larger max scale into 2: positions drawn from the Gaussian
+  (R diag(s) z, z ~ N(0, I)), scales / (0.8 * 2) = / 1.6, other values copied; the parent goes;
+* prune (after growing): opacity < ``min_opacity``; max scale > ``max_scale_prune * extent``;
+  max scale < ``min_scale_prune``; and, only with ``screen_size_prune`` (ours, off by default),
+  max screen radius > ``max_screen_size`` px since the last densification.
+  Why off: the released code resets its radius statistic inside the growing step, before
+  pruning, so its screen-size test never fires; run honestly at 2 px it would remove nearly every
+  Gaussian of a 512 px render (the initial ones are about 25 px wide).
+* the statistics are reset to zero for all Gaussians.
+
+Optimizer state: grown Gaussians get zero Adam moments (exp_avg, exp_avg_sq), pruned ones are
+removed, survivors keep theirs; the per-Gaussian param groups get new parameter objects and the
+state is re-keyed; the deformation and grid groups are untouched.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from deformation import _get
+from gs_renderer import PER_GAUSSIAN_GROUPS, GaussianModel4D
+
+PER_GAUSSIAN_ATTRS = tuple(PER_GAUSSIAN_GROUPS.values())
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices [N, 3, 3] of quaternions [N, 4] (w, x, y, z; normalized here)."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(-1, 3, 3)
+
+
+def relative_grad_threshold(grads: Tensor, percent: float) -> Tensor | None:
+    """The statistic at descending rank ``int(percent / 100 * M)`` among the M positive ones [scalar].
+
+    None when no Gaussian has a positive statistic.
+    """
+    positive = grads[grads > 0]
+    if positive.numel() == 0:
+        return None
+    ranked = positive.sort(descending=True).values
+    index = min(int(percent / 100.0 * positive.numel()), positive.numel() - 1)
+    return ranked[index]
+
+
+@torch.no_grad()
+def update_gaussians(model: GaussianModel4D, optimizer: torch.optim.Optimizer | None, keep: Tensor,
+                     appended: dict[str, Tensor] | None = None) -> None:
+    """Keep the Gaussians ``keep`` (LongTensor [M] of indices) and append new ones.
+
+    Every per-Gaussian parameter becomes ``cat(old[keep], appended[attr])`` (a new nn.Parameter);
+    the optimizer's group holding the old parameter gets the new one, with its state re-keyed:
+    moments of kept Gaussians copied, of appended ones zero. ``appended`` maps the model attribute
+    names (means, sh_dc, ...) to [K, ...] values; None appends nothing.
+    """
+    groups = {}
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            if group.get("name") in PER_GAUSSIAN_GROUPS:
+                groups[PER_GAUSSIAN_GROUPS[group["name"]]] = group
+    for attr in PER_GAUSSIAN_ATTRS:
+        old = getattr(model, attr)
+        extra = appended[attr].to(old) if appended else old.new_zeros((0,) + old.shape[1:])
+        new = nn.Parameter(torch.cat([old.detach()[keep], extra], dim=0).contiguous())
+        group = groups.get(attr)
+        if group is not None:
+            if len(group["params"]) != 1 or group["params"][0] is not old:
+                raise RuntimeError(f"optimizer group '{group['name']}' does not hold model.{attr}; "
+                                   "build the optimizer after the model's Gaussians are set")
+            state = optimizer.state.pop(old, None)
+            if state:
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.shape == old.shape:
+                        state[key] = torch.cat([value[keep], value.new_zeros(extra.shape)], dim=0)
+                optimizer.state[new] = state
+            group["params"][0] = new
+        setattr(model, attr, new)
+
+
+class DensifyStrategy:
+    """Clone / split / prune of the canonical Gaussians; see the module docstring.
+
+    Config keys (flat, defaults): density_start_iter 1200, density_end_iter 6000,
+    densification_interval 100, densify_grad_threshold_percent 2.5, percent_dense 0.1, extent 1,
+    min_opacity 0.01, max_scale_prune 0.1, min_scale_prune 0.001, max_screen_size 2,
+    screen_size_prune False.
+    """
+
+    def __init__(self, cfg: Any = None):
+        self.start = int(_get(cfg, "density_start_iter", 1200))
+        self.end = int(_get(cfg, "density_end_iter", 6000))
+        self.interval = int(_get(cfg, "densification_interval", 100))
+        self.grad_percent = float(_get(cfg, "densify_grad_threshold_percent", 2.5))
+        self.percent_dense = float(_get(cfg, "percent_dense", 0.1))
+        self.extent = float(_get(cfg, "extent", 1.0))
+        self.min_opacity = float(_get(cfg, "min_opacity", 0.01))
+        self.max_scale_prune = float(_get(cfg, "max_scale_prune", 0.1))
+        self.min_scale_prune = float(_get(cfg, "min_scale_prune", 0.001))
+        self.max_screen_size = float(_get(cfg, "max_screen_size", 2.0))
+        self.screen_size_prune = bool(_get(cfg, "screen_size_prune", False))
+        self.split_count = 2
+        self.grad_sum: Tensor | None = None  # [N]
+        self.count: Tensor | None = None  # [N]
+        self.max_radii: Tensor | None = None  # [N]
+
+    # ---- schedule ------------------------------------------------------------------------------
+    def in_window(self, step: int) -> bool:
+        return self.start <= step <= self.end
+
+    def is_refine_step(self, step: int) -> bool:
+        return self.in_window(step) and self.interval > 0 and step % self.interval == 1 % self.interval
+
+    # ---- statistics ----------------------------------------------------------------------------
+    def reset(self, num: int, device: torch.device | str) -> None:
+        """Zero statistics for ``num`` Gaussians."""
+        self.grad_sum = torch.zeros(num, device=device)
+        self.count = torch.zeros(num, device=device)
+        self.max_radii = torch.zeros(num, device=device)
+
+    def _ensure(self, num: int, device: torch.device) -> None:
+        if self.grad_sum is None or self.grad_sum.shape[0] != num or self.grad_sum.device != device:
+            self.reset(num, device)
+
+    @torch.no_grad()
+    def accumulate(self, outputs: Sequence[Any], step: int | None = None) -> None:
+        """Add one step's renders (RenderOutputs after backward) to the statistics.
+
+        Uses ``out.means2d.grad`` [N, 2] (pixels; a render without gradient adds 0),
+        ``out.radii`` [N], ``out.visible`` [N] and the image size. With ``step`` given, steps
+        outside [density_start_iter, density_end_iter] are ignored (as the released trainer).
+        """
+        if not outputs or (step is not None and not self.in_window(step)):
+            return
+        num = outputs[0].means2d.shape[-2]
+        device = outputs[0].means2d.device
+        grad = torch.zeros(num, 2, device=device)
+        visible = torch.zeros(num, dtype=torch.bool, device=device)
+        radii = torch.zeros(num, device=device)
+        for out in outputs:
+            height, width = out.image.shape[-2:]
+            if out.means2d.grad is not None:
+                scale = torch.tensor([width / 2.0, height / 2.0], device=device)
+                grad += out.means2d.grad.reshape(num, 2).float() * scale
+            visible |= out.visible.reshape(num).bool()
+            radii = torch.maximum(radii, out.radii.reshape(num).float())
+        self._ensure(num, device)
+        self.grad_sum[visible] += grad.norm(dim=-1)[visible]
+        self.count[visible] += 1
+        self.max_radii[visible] = torch.maximum(self.max_radii[visible], radii[visible])
+
+    def mean_grad(self) -> Tensor:
+        """Per-Gaussian statistic [N]: grad_sum / count, 0 where never visible."""
+        return torch.where(self.count > 0, self.grad_sum / self.count.clamp_min(1), torch.zeros_like(self.grad_sum))
+
+    # ---- refinement ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, model: GaussianModel4D, optimizer: torch.optim.Optimizer | None, step: int) -> dict[str, Any]:
+        """Clone, split and prune at refinement steps; returns counts and the threshold used."""
+        result: dict[str, Any] = {"cloned": 0, "split": 0, "pruned": 0, "threshold": None, "refined": False}
+        if not self.is_refine_step(step):
+            return result
+        result["refined"] = True
+        self._ensure(model.num, model.means.device)
+        grads = self.mean_grad()
+        radii = self.max_radii
+        threshold = relative_grad_threshold(grads, self.grad_percent)
+        if threshold is not None:
+            result["threshold"] = float(threshold)
+            max_scale = model.activated_scales.max(dim=1).values
+            selected = grads >= threshold
+            clone = selected & (max_scale <= self.percent_dense * self.extent)
+            split = selected & (max_scale > self.percent_dense * self.extent)
+            appended = self._grown(model, clone, split)
+            update_gaussians(model, optimizer, (~split).nonzero().squeeze(1), appended)
+            radii = torch.cat([radii[~split], radii[clone], radii[split].repeat(self.split_count)])
+            result["cloned"], result["split"] = int(clone.sum()), int(split.sum())
+
+        max_scale = model.activated_scales.max(dim=1).values
+        prune = (model.opacities < self.min_opacity) | (max_scale > self.max_scale_prune * self.extent)
+        prune |= max_scale < self.min_scale_prune
+        if self.screen_size_prune:
+            prune |= radii > self.max_screen_size
+        if prune.any():
+            update_gaussians(model, optimizer, (~prune).nonzero().squeeze(1))
+        result["pruned"] = int(prune.sum())
+        self.reset(model.num, model.means.device)
+        return result
+
+    def _grown(self, model: GaussianModel4D, clone: Tensor, split: Tensor) -> dict[str, Tensor]:
+        """New Gaussians: exact copies of ``clone`` [N] then ``split_count`` samples of each ``split`` [N]."""
+        k = self.split_count
+        scales = model.activated_scales[split].repeat(k, 1)  # [k*S, 3], copy-major
+        rotations = quat_to_rotmat(model.quats[split]).repeat(k, 1, 1)
+        offsets = (rotations @ (torch.randn_like(scales) * scales).unsqueeze(-1)).squeeze(-1)
+        children = {
+            "means": model.means[split].repeat(k, 1) + offsets,
+            "log_scales": torch.log(scales / (0.8 * k)),
+        }
+        grown = {}
+        for attr in PER_GAUSSIAN_ATTRS:
+            value = getattr(model, attr).detach()
+            split_value = children.get(attr)
+            if split_value is None:
+                split_value = value[split].repeat(k, *([1] * (value.dim() - 1)))
+            grown[attr] = torch.cat([value[clone], split_value], dim=0)
+        return grown
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor | None]:
+        return {"grad_sum": self.grad_sum, "count": self.count, "max_radii": self.max_radii}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        self.grad_sum, self.count, self.max_radii = state.get("grad_sum"), state.get("count"), state.get("max_radii")
