@@ -1,0 +1,470 @@
+"""Zero123 SDS guidance: loading (real folder layout), embeddings, SDS loss, schedule, view choice.
+
+A tiny randomly initialized model of the real classes is saved with ``save_pretrained`` in the
+released folder layout (tmp dir) and loaded through the same code as the real one.
+"""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the hub from the tests
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+import cam_utils
+from errors import ModelUnavailable
+from guidance import Guidance, cfg_get, load_guidance
+from guidance.conditioning import (
+    anchor_for_azimuth,
+    choose_condition_view,
+    sample_random_view,
+)
+from guidance.schedule import timestep_window, window_fractions
+
+EMBED = 16  # CLIP projection dim = UNet cross-attention dim = projection embedding dim (768 in the real model)
+
+
+class FixedRng:
+    """random.Random stand-in whose random() returns a fixed value (forces a branch)."""
+
+    def __init__(self, value: float):
+        self.value = value
+        self.calls = 0
+
+    def random(self) -> float:
+        self.calls += 1
+        return self.value
+
+
+def build_tiny_components():
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from guidance.zero123 import CLIPCameraProjection, Zero123Components
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,  # 256 -> 32, as the real VAE
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 8, 8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=256,
+        scaling_factor=0.18215,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        cross_attention_dim=EMBED,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+            projection_dim=EMBED,
+            hidden_act="quick_gelu",
+        )
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    projection = CLIPCameraProjection(embedding_dim=EMBED, additional_embeddings=4)
+    return Zero123Components(vae, image_encoder, unet, scheduler, processor, projection)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("zero123-tiny"))
+    build_tiny_components().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def guide(tiny_model_dir):
+    return load_guidance({"zero123_model": tiny_model_dir}, "cpu")
+
+
+def _frames(num_frames=2, views=6, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    ref = torch.rand(num_frames, 3, 64, 64, generator=gen)
+    anchors = torch.rand(num_frames, views, 3, 40, 40, generator=gen)
+    return ref, anchors
+
+
+@pytest.fixture(scope="module")
+def prepared(guide):
+    ref, anchors = _frames()
+    guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))
+    return guide
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_folder_layout_matches_the_released_model(tiny_model_dir):
+    names = set(os.listdir(tiny_model_dir))
+    assert {"model_index.json", "vae", "unet", "image_encoder", "scheduler", "feature_extractor",
+            "clip_camera_projection"} <= names
+    with open(os.path.join(tiny_model_dir, "clip_camera_projection", "config.json")) as f:
+        config = json.load(f)
+    assert config["_class_name"] == "CLIPCameraProjection"
+    assert config["embedding_dim"] == EMBED and config["additional_embeddings"] == 4
+    weights = os.listdir(os.path.join(tiny_model_dir, "clip_camera_projection"))
+    assert "diffusion_pytorch_model.safetensors" in weights
+    from safetensors.torch import load_file
+
+    tensors = load_file(os.path.join(tiny_model_dir, "clip_camera_projection", "diffusion_pytorch_model.safetensors"))
+    assert set(tensors) == {"proj.weight", "proj.bias"}
+    assert tuple(tensors["proj.weight"].shape) == (EMBED, EMBED + 4)
+
+
+def test_loaded_model_is_frozen_fp32_on_cpu(guide, tiny_model_dir):
+    assert isinstance(guide, Guidance)
+    assert guide.dtype == torch.float32  # fp16 only on CUDA
+    assert guide.num_train_timesteps == 1000
+    assert guide.latent_size == 32
+    for module in (guide.vae, guide.unet, guide.image_encoder, guide.projection):
+        assert not module.training
+        assert all(not p.requires_grad for p in module.parameters())
+    # the projection weights are the saved ones, read back through the released layout
+    from safetensors.torch import load_file
+
+    saved = load_file(os.path.join(tiny_model_dir, "clip_camera_projection", "diffusion_pytorch_model.safetensors"))
+    assert torch.equal(guide.projection.proj.weight, saved["proj.weight"])
+
+
+def test_missing_model_names_the_path(tmp_path):
+    missing = str(tmp_path / "no-such-zero123")
+    with pytest.raises(ModelUnavailable) as info:
+        load_guidance({"zero123_model": missing}, "cpu")
+    message = str(info.value)
+    assert missing in message and "\n" not in message
+    assert "zero123_model=" in message and "anchored.yaml" in message
+
+
+def test_incomplete_folder_names_the_missing_part(tiny_model_dir, tmp_path):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, partial)
+    shutil.rmtree(partial / "clip_camera_projection")
+    with pytest.raises(ModelUnavailable, match="clip_camera_projection"):
+        load_guidance({"zero123_model": str(partial)}, "cpu")
+
+
+def test_hub_id_offline_gives_model_unavailable(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(ModelUnavailable) as info:
+        load_guidance({"zero123_model": "ashawkey/zero123-xl-diffusers"}, "cpu")
+    assert "ashawkey/zero123-xl-diffusers" in str(info.value)
+
+
+def test_importing_guidance_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, guidance, guidance.schedule, guidance.conditioning; " \
+           "print(any(m in sys.modules for m in ('diffusers', 'transformers')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings and SDS
+
+
+def test_prepare_embeds_reference_and_anchors_once(prepared):
+    assert prepared.clip_embeds.shape == (2, 7, EMBED)
+    assert prepared.cond_latents.shape == (2, 7, 4, 32, 32)
+    assert prepared.clip_embeds.dtype == prepared.dtype
+    # different images give different embeddings; slot 0 is the reference frame
+    ref, anchors = _frames()
+    clip_ref, _ = prepared.embed_images(ref[:1])
+    assert torch.allclose(clip_ref[0], prepared.clip_embeds[0, 0], atol=1e-5)
+    clip_anchor, _ = prepared.embed_images(anchors[1, 3:4])
+    assert torch.allclose(clip_anchor[0], prepared.clip_embeds[1, 4], atol=1e-5)
+    assert not torch.allclose(prepared.clip_embeds[0, 0], prepared.clip_embeds[0, 1])
+
+
+def test_prepare_without_anchors_keeps_only_the_reference(guide):
+    ref, _ = _frames()
+    guide.prepare(ref, None)
+    assert guide.num_anchors == 0 and guide.clip_embeds.shape == (2, 1, EMBED)
+    images = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="cond_view"):
+        guide.sds_loss(images, torch.tensor([0]), torch.tensor([2]), torch.zeros(1), torch.zeros(1),
+                       torch.zeros(1), step=0)
+    ref, anchors = _frames()
+    guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))  # restore for later tests
+
+
+def _batch(size=3, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(size, 3, 128, 128, generator=gen)
+    frame_idx = torch.tensor([0, 1, 1, 0][:size])
+    cond_view = torch.tensor([-1, 2, 5, 0][:size])
+    d_elev = torch.tensor([10.0, -20.0, 5.0, 0.0][:size])
+    d_azim = torch.tensor([15.0, -25.0, 170.0, 30.0][:size])
+    d_radius = torch.zeros(size)
+    return images, frame_idx, cond_view, d_elev, d_azim, d_radius
+
+
+def test_sds_gradient_reaches_the_image_only(prepared):
+    images, *rest = _batch()
+    images.requires_grad_(True)
+    loss = prepared.sds_loss(images, *rest, step=100)
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert torch.isfinite(images.grad).all()
+    for module in (prepared.vae, prepared.unet, prepared.image_encoder, prepared.projection):
+        assert all(p.grad is None for p in module.parameters())
+
+
+def test_sds_loss_value_is_half_the_squared_weighted_residual(prepared):
+    """Replay the SDS step by hand from the same draws."""
+    images, frame_idx, cond_view, d_elev, d_azim, d_radius = _batch(size=2)
+    noise = prepared.draw_noise(2, step=0, generator=torch.Generator().manual_seed(5))
+    loss = prepared.sds_loss(images, frame_idx, cond_view, d_elev, d_azim, d_radius, step=0, noise=noise)
+    from guidance.zero123 import camera_code, resize_square
+
+    with torch.no_grad():
+        latents = prepared.encode_images(resize_square(images), noise.latent_eps)
+        slot = cond_view + 1
+        context = prepared.projection(torch.cat([prepared.clip_embeds[frame_idx, slot],
+                                                 camera_code(d_elev, d_azim, d_radius)], -1))
+        a = prepared.alphas_cumprod[noise.timesteps].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise.noise
+        cond = prepared.cond_latents[frame_idx, slot]
+        eps_c = prepared.unet(torch.cat([noisy, cond], 1), noise.timesteps, encoder_hidden_states=context[:, None]).sample
+        eps_u = prepared.unet(torch.cat([noisy, torch.zeros_like(cond)], 1), noise.timesteps,
+                              encoder_hidden_states=torch.zeros_like(context)[:, None]).sample
+        eps = eps_u + 5.0 * (eps_c - eps_u)
+        expected = 0.5 * (((1 - a) * (eps - noise.noise)) ** 2).sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_batched_sds_equals_looped_single_samples(prepared):
+    images, frame_idx, cond_view, d_elev, d_azim, d_radius = _batch(size=3)
+    noise = prepared.draw_noise(3, step=1200, generator=torch.Generator().manual_seed(7))
+    assert noise.timesteps.min() >= timestep_window(1200)[0] and noise.timesteps.max() <= timestep_window(1200)[1]
+
+    batched_images = images.clone().requires_grad_(True)
+    batched = prepared.sds_loss(batched_images, frame_idx, cond_view, d_elev, d_azim, d_radius, step=1200, noise=noise)
+    batched.backward()
+
+    looped_images = images.clone().requires_grad_(True)
+    looped = sum(
+        prepared.sds_loss(looped_images[i : i + 1], frame_idx[i : i + 1], cond_view[i : i + 1], d_elev[i : i + 1],
+                          d_azim[i : i + 1], d_radius[i : i + 1], step=1200, noise=noise.select(i))
+        for i in range(3)
+    )
+    looped.backward()
+    torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-6)
+    scale = looped_images.grad.abs().max().item()
+    assert scale > 0
+    torch.testing.assert_close(batched_images.grad, looped_images.grad, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_sds_conditioning_changes_with_the_view(prepared):
+    """Same render and draws, another conditioning view or camera -> another loss."""
+    images, frame_idx, cond_view, d_elev, d_azim, d_radius = _batch(size=1)
+    noise = prepared.draw_noise(1, step=0, generator=torch.Generator().manual_seed(2))
+    base = prepared.sds_loss(images, frame_idx, cond_view, d_elev, d_azim, d_radius, 0, noise)
+    other_view = prepared.sds_loss(images, frame_idx, torch.tensor([3]), d_elev, d_azim, d_radius, 0, noise)
+    other_pose = prepared.sds_loss(images, frame_idx, cond_view, d_elev, d_azim + 90, d_radius, 0, noise)
+    again = prepared.sds_loss(images, frame_idx, cond_view, d_elev, d_azim, d_radius, 0, noise)
+    assert base.item() == again.item()
+    assert other_view.item() != base.item() and other_pose.item() != base.item()
+
+
+def test_camera_code():
+    from guidance.zero123 import camera_code
+
+    code = camera_code(torch.tensor([30.0, -90.0]), torch.tensor([90.0, 180.0]), torch.tensor([0.0, 0.5]))
+    expected = torch.tensor([[math.pi / 6, 1.0, 0.0, 0.0], [-math.pi / 2, 0.0, -1.0, 0.5]])
+    torch.testing.assert_close(code, expected, atol=1e-6, rtol=0)
+
+
+def test_clip_preprocess_matches_the_processor_normalization(guide):
+    """Our torch preprocessing: 224x224 crop, CLIP mean/std (constant image -> exact values)."""
+    gray = torch.full((1, 3, 256, 256), 0.5)
+    pixels = guide.clip_preprocess(gray)
+    assert pixels.shape == (1, 3, 224, 224)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    torch.testing.assert_close(pixels[0, :, 100, 100], (0.5 - mean) / std, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+
+
+@pytest.mark.parametrize(
+    "step, window",
+    [(0, (500, 950)), (1500, (260, 725)), (3000, (20, 500)), (5000, (20, 500))],
+)
+def test_timestep_window_follows_the_schedule(step, window):
+    assert timestep_window(step, None) == window
+
+
+def test_timestep_window_reads_config_keys():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"min_step_start": 0.2, "min_step_end": 0.2, "max_step_start": 0.98,
+                            "max_step_end": 0.98, "anneal_steps": 10})
+    assert timestep_window(0, cfg) == (200, 980) == timestep_window(100, cfg)
+    assert window_fractions(5, {"anneal_steps": 10}) == pytest.approx((0.26, 0.725))
+    with pytest.raises(ValueError, match="min_step_start"):
+        timestep_window(0, {"min_step_start": 0.9, "max_step_start": 0.5})
+
+
+def test_cfg_get_accepts_dicts_objects_and_none():
+    class Obj:
+        guidance_scale = 7.0
+
+    assert cfg_get({"guidance_scale": 3.0}, "guidance_scale", 5.0) == 3.0
+    assert cfg_get({"fp16": None}, "fp16", True) is True
+    assert cfg_get(Obj(), "guidance_scale", 5.0) == 7.0
+    assert cfg_get(None, "guidance_scale", 5.0) == 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning view (SPEC section 4, step 3)
+
+# azimuth -> (anchor k, anchor-relative azimuth) with the Zero123++ v1.1 table
+ANCHOR_CASES = {
+    45: (0, 15.0),
+    100: (1, 10.0),
+    170: (2, 20.0),
+    -45: (5, -15.0),  # anchor 330 seen as -30
+    -170: (3, -20.0),  # anchor 210 seen as -150
+    -100: (4, -10.0),  # anchor 270 seen as -90
+    30: (0, 0.0),
+    -30: (5, 0.0),
+    -180: (3, -30.0),
+}
+
+
+@pytest.mark.parametrize("azimuth", [10, -20, 0, 29, -29])
+def test_small_azimuth_always_uses_the_reference(azimuth):
+    rng = FixedRng(0.99)  # would pick an anchor if asked
+    assert choose_condition_view(azimuth, 12, None, rng) == (-1, 12.0, float(azimuth))
+    assert rng.calls == 0
+
+
+@pytest.mark.parametrize("azimuth", sorted(ANCHOR_CASES))
+def test_large_azimuth_reference_branch(azimuth):
+    rng = FixedRng(0.59)  # < 0.6: reference
+    assert choose_condition_view(azimuth, -7, None, rng) == (-1, -7.0, float(azimuth))
+    assert rng.calls == 1
+
+
+@pytest.mark.parametrize("azimuth", sorted(ANCHOR_CASES))
+def test_large_azimuth_anchor_branch(azimuth):
+    table = cam_utils.anchor_table()
+    k, rel_azimuth = ANCHOR_CASES[azimuth]
+    view, rel_elev, rel_azim = choose_condition_view(azimuth, -7, table, FixedRng(0.6))
+    assert view == k
+    # SPEC: k = floor(az / 60) for az > 0, floor((360 + az) / 60) for az < 0
+    assert k == (math.floor(azimuth / 60) if azimuth > 0 else math.floor((360 + azimuth) / 60))
+    assert rel_elev == -7.0 - table[k][1]
+    assert rel_azim == rel_azimuth
+    # the relative pose points from the anchor camera to the sample camera
+    assert (table[k][0] + rel_azim - azimuth) % 360 == 0
+    assert abs(rel_azim) <= 30
+
+
+def test_relative_pose_is_consistent_with_the_anchor_camera():
+    """Sample camera == orbit camera at (anchor elevation + rel_elev, anchor azimuth + rel_azim)."""
+    table = cam_utils.anchor_table()
+    rng = random.Random(0)
+    for _ in range(50):
+        d_elev, azimuth = sample_random_view(rng, 0.0)
+        view, rel_elev, rel_azim = choose_condition_view(azimuth, d_elev, table, FixedRng(0.99))
+        if view < 0:
+            continue
+        anchor_az, anchor_el = table[view]
+        rebuilt = cam_utils.orbit_position(anchor_el + rel_elev, anchor_az + rel_azim, 2.0)
+        target = cam_utils.orbit_position(d_elev, azimuth, 2.0)
+        assert abs(rebuilt - target).max() < 1e-9
+
+
+def test_empty_anchor_table_always_uses_the_reference():
+    assert choose_condition_view(120, 0, (), FixedRng(0.99)) == (-1, 0.0, 120.0)
+
+
+def test_anchor_sectors_cover_the_circle():
+    assert [anchor_for_azimuth(a, 6) for a in (0, 59, 60, 179, 180, 239, 300, 359.5, -1)] == [0, 0, 1, 2, 3, 3, 5, 5, 5]
+
+
+@pytest.mark.parametrize("elevation, low, high", [(0, -30, 30), (-30, -30, 60), (20, -50, 30), (60, -90, 20)])
+def test_sample_random_view_ranges(elevation, low, high):
+    # SPEC 4.2: [max(min(-30, -30 - e), -80 - e), min(max(30, 30 - e), 80 - e))
+    rng = random.Random(1)
+    draws = [sample_random_view(rng, elevation) for _ in range(3000)]
+    elevations = [d for d, _ in draws]
+    azimuths = [a for _, a in draws]
+    expected_low = max(min(-30, -30 - elevation), -80 - elevation)
+    expected_high = min(max(30, 30 - elevation), 80 - elevation)
+    assert (expected_low, expected_high) == (low, high)
+    assert min(elevations) == low and max(elevations) == high - 1
+    assert min(azimuths) == -180 and max(azimuths) == 179
+    assert all(isinstance(v, int) for v in elevations + azimuths)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA (fp16 path)
+
+
+@pytest.mark.cuda
+def test_fp16_sds_on_cuda(tiny_model_dir):
+    guide = load_guidance({"zero123_model": tiny_model_dir}, "cuda")
+    assert guide.dtype == torch.float16 and guide.unet.dtype == torch.float16
+    ref, anchors = _frames()
+    guide.prepare(ref.cuda(), anchors.cuda())
+    images, frame_idx, cond_view, d_elev, d_azim, d_radius = _batch(size=4)
+    images = images.cuda().requires_grad_(True)
+    loss = guide.sds_loss(images, frame_idx, cond_view, d_elev, d_azim, d_radius, step=10)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+@pytest.mark.cuda
+def test_fp16_variant_files_are_used_on_cuda(tmp_path):
+    folder = str(tmp_path / "variant")
+    build_tiny_components().save_pretrained(folder, variant="fp16")
+    assert "diffusion_pytorch_model.fp16.safetensors" in os.listdir(os.path.join(folder, "unet"))
+    guide = load_guidance({"zero123_model": folder}, "cuda")
+    assert guide.unet.dtype == torch.float16
