@@ -63,8 +63,7 @@ class GaussianModel4D(nn.Module):
         super().__init__()
         if not 0 <= sh_degree <= 3:
             raise DataError(f"sh_degree={sh_degree}: use 0..3")
-        self.sh_degree = int(sh_degree)
-        k_rest = (self.sh_degree + 1) ** 2 - 1
+        k_rest = (int(sh_degree) + 1) ** 2 - 1
         self.means = nn.Parameter(torch.empty(0, 3))
         self.sh_dc = nn.Parameter(torch.empty(0, 1, 3))
         self.sh_rest = nn.Parameter(torch.empty(0, k_rest, 3))
@@ -82,6 +81,10 @@ class GaussianModel4D(nn.Module):
     @property
     def num(self) -> int:
         return self.means.shape[0]
+
+    @property
+    def sh_degree(self) -> int:
+        return round((self.sh_rest.shape[1] + 1) ** 0.5) - 1
 
     @property
     def device(self) -> torch.device:
@@ -103,6 +106,17 @@ class GaussianModel4D(nn.Module):
         return torch.cat([self.sh_dc, self.sh_rest], dim=1)
 
     # ---- setting the Gaussians -----------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, but first resizes the per-Gaussian parameters to the saved N (resume).
+
+        Build the optimizer after loading (it holds the parameter objects).
+        """
+        for attr in PER_GAUSSIAN_GROUPS.values():
+            saved = state_dict.get(attr)
+            if saved is not None and tuple(saved.shape) != tuple(getattr(self, attr).shape):
+                setattr(self, attr, nn.Parameter(torch.zeros(saved.shape, device=self.device)))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def set_gaussians(self, means: Tensor, sh_dc: Tensor, sh_rest: Tensor, log_scales: Tensor, quats: Tensor,
                       opacity_logits: Tensor) -> None:
         """Replace the canonical parameters (new nn.Parameters on the model's device).

@@ -44,6 +44,7 @@ def test_features_shape_and_time_independent_at_init():
     # time planes are 1: nothing depends on t yet
     assert torch.allclose(feats[0], feats[1]) and torch.allclose(feats[0], feats[2])
     # spatial planes in [0.1, 0.5]: product of three in [1e-3, 0.125]
+    feats = feats.detach()
     assert float(feats.min()) >= 1e-3 - 1e-7 and float(feats.max()) <= 0.125 + 1e-7
 
 

@@ -227,3 +227,22 @@ def test_from_config_reads_run_keys():
                                          "multires": [1], "time_mapping": "full"})
     assert model.sh_degree == 1 and model.sh_rest.shape == (0, 3, 3)
     assert model.deformation.cfg.feature_dim == 4 and model.deformation.cfg.time_mapping == "full"
+
+
+def test_resume_from_state_dicts_after_size_change():
+    """A checkpoint (model + optimizer state) loads into a fresh model of another size."""
+    model = perturb(small_model(num_pts=50))
+    optimizer, scheduler = build_optimizer(model, {})
+    g = model.gaussians_at(0.2)
+    (g.means.square().sum() + g.log_scales.sum() + g.sh.sum()).backward()
+    optimizer.step()
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+    fresh = GaussianModel4D(0, DeformationConfig(**SMALL))
+    fresh.initialize_random(10, seed=1)
+    fresh.load_state_dict(checkpoint["model"])
+    assert fresh.num == 50
+    fresh_optimizer, _ = build_optimizer(fresh, {})
+    fresh_optimizer.load_state_dict(checkpoint["optimizer"])
+    assert torch.equal(fresh_optimizer.state[fresh.means]["exp_avg"], optimizer.state[model.means]["exp_avg"])
+    assert torch.equal(fresh.gaussians_at(0.6).means, model.gaussians_at(0.6).means)
