@@ -169,14 +169,16 @@ class DensifyStrategy:
         for out in outputs:
             height, width = out.image.shape[-2:]
             if out.means2d.grad is not None:
-                scale = torch.tensor([width / 2.0, height / 2.0], device=device)
-                grad += out.means2d.grad.reshape(num, 2).float() * scale
+                pixel_grad = out.means2d.grad.reshape(num, 2).float()
+                grad[:, 0] += pixel_grad[:, 0] * (width / 2.0)  # d(pixel)/d(ndc) = size / 2
+                grad[:, 1] += pixel_grad[:, 1] * (height / 2.0)
             visible |= out.visible.reshape(num).bool()
             radii = torch.maximum(radii, out.radii.reshape(num).float())
         self._ensure(num, device)
-        self.grad_sum[visible] += grad.norm(dim=-1)[visible]
-        self.count[visible] += 1
-        self.max_radii[visible] = torch.maximum(self.max_radii[visible], radii[visible])
+        # torch.where instead of boolean indexing: no host synchronization on the GPU
+        self.grad_sum += torch.where(visible, grad.norm(dim=-1), torch.zeros_like(self.grad_sum))
+        self.count += visible.float()
+        self.max_radii = torch.where(visible, torch.maximum(self.max_radii, radii), self.max_radii)
 
     def mean_grad(self) -> Tensor:
         """Per-Gaussian statistic [N]: grad_sum / count, 0 where never visible."""

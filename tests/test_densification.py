@@ -204,3 +204,22 @@ def test_state_dict_roundtrip():
     other.load_state_dict(strategy.state_dict())
     assert torch.equal(other.mean_grad(), strategy.mean_grad())
     assert torch.equal(other.max_radii, strategy.max_radii)
+
+
+def test_accumulate_real_torch_renders():
+    from cam_utils import Camera
+    from rasterizer import render
+
+    model = GaussianModel4D(0, DeformationConfig(features=2, spatial_resolution=4, time_resolution=3, multires=(1,)))
+    model.initialize_random(40, radius=0.5, seed=0)
+    cams = [Camera.orbit(0.0, 0.0, size=32), Camera.orbit(-20.0, 90.0, size=24)]
+    outputs = [render(model.gaussians_at(0.5), cam, torch.ones(3), backend="torch") for cam in cams]
+    sum(out.image.mean() for out in outputs).backward()
+    strategy = DensifyStrategy(CFG)
+    strategy.accumulate(outputs, step=1250)
+    visible = outputs[0].visible | outputs[1].visible
+    assert bool(visible.any())
+    assert torch.equal(strategy.count, visible.float())
+    assert bool((strategy.grad_sum[visible] > 0).any()) and float(strategy.grad_sum[~visible].abs().sum()) == 0.0
+    expected = outputs[0].means2d.grad * 16 + outputs[1].means2d.grad * 12
+    assert torch.allclose(strategy.grad_sum, torch.where(visible, expected.norm(dim=-1), 0.0), atol=1e-7)
