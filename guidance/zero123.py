@@ -131,8 +131,16 @@ def _looks_local(name: str) -> bool:
     )
 
 
-def _has_fp16_files(folder: str) -> bool:
-    return any(".fp16." in f or ".fp16-" in f for f in os.listdir(folder))
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+def local_variant(folder: str, want_fp16: bool) -> Optional[str]:
+    """Variant to load from a component folder: "fp16" when wanted and present, or when it is the only one."""
+    weights = [f for f in os.listdir(folder) if f.endswith(WEIGHT_SUFFIXES) and "config" not in f]
+    fp16 = [f for f in weights if ".fp16." in f or ".fp16-" in f]
+    if fp16 and (want_fp16 or len(fp16) == len(weights)):
+        return "fp16"
+    return None
 
 
 def _load_part(name: str, load, source: str, subfolder: str, variant: Optional[str], local: bool):
@@ -167,11 +175,9 @@ def load_zero123_components(name: str, dtype: torch.dtype = torch.float32) -> Ze
     want_fp16 = dtype == torch.float16
 
     def variant_of(sub: str) -> Optional[str]:
-        if not want_fp16:
-            return None
         if local:
-            return "fp16" if _has_fp16_files(os.path.join(source, sub)) else None
-        return "fp16"
+            return local_variant(os.path.join(source, sub), want_fp16)
+        return "fp16" if want_fp16 else None
 
     def diffusers_loader(cls):
         return lambda src, subfolder, variant: cls.from_pretrained(src, subfolder=subfolder, variant=variant, torch_dtype=dtype)
@@ -318,7 +324,9 @@ class Zero123Guidance:
         self.cfg = cfg
         self.guidance_scale = float(guidance_scale)
         for module in (components.vae, components.image_encoder, components.unet, components.projection):
-            module.to(device=self.device, dtype=dtype)
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+            module.to(device=self.device)
             module.eval()
             module.requires_grad_(False)
         self.vae = components.vae

@@ -461,10 +461,49 @@ def test_fp16_sds_on_cuda(tiny_model_dir):
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
-@pytest.mark.cuda
-def test_fp16_variant_files_are_used_on_cuda(tmp_path):
-    folder = str(tmp_path / "variant")
+@pytest.fixture(scope="module")
+def variant_model_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("zero123-variant"))
     build_tiny_components().save_pretrained(folder, variant="fp16")
-    assert "diffusion_pytorch_model.fp16.safetensors" in os.listdir(os.path.join(folder, "unet"))
-    guide = load_guidance({"zero123_model": folder}, "cuda")
-    assert guide.unet.dtype == torch.float16
+    return folder
+
+
+def test_local_variant_choice(tmp_path):
+    from guidance.zero123 import local_variant
+
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
+        (tmp_path / name).write_text("x")
+    assert local_variant(str(tmp_path), want_fp16=True) == "fp16"
+    assert local_variant(str(tmp_path), want_fp16=False) is None
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    assert local_variant(str(tmp_path), want_fp16=False) == "fp16"  # the only weights there
+    (tmp_path / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    assert local_variant(str(tmp_path), want_fp16=True) is None
+
+
+def test_fp16_variant_only_folder_loads_in_fp32_on_cpu(variant_model_dir):
+    assert "diffusion_pytorch_model.fp16.safetensors" in os.listdir(os.path.join(variant_model_dir, "unet"))
+    guide = load_guidance({"zero123_model": variant_model_dir}, "cpu")
+    assert guide.unet.dtype == torch.float32 and guide.image_encoder.dtype == torch.float32
+
+
+@pytest.mark.cuda
+def test_fp16_variant_files_are_used_on_cuda(variant_model_dir):
+    guide = load_guidance({"zero123_model": variant_model_dir}, "cuda")
+    assert guide.unet.dtype == torch.float16 and guide.projection.proj.weight.dtype == torch.float16
+
+
+def test_prepare_and_sds_on_the_real_sample(guide, minions_path):
+    """The data loader's tensors go straight in: reference frames and anchors of two frames."""
+    from data_loader import load_frames
+
+    data = load_frames(minions_path, ref_size=256, anchor_size=256, num_frames=2)
+    guide.prepare(data.ref_rgb, data.anchor_rgb, generator=torch.Generator().manual_seed(0))
+    assert guide.clip_embeds.shape == (2, 7, EMBED) and guide.cond_latents.shape == (2, 7, 4, 32, 32)
+    images = data.ref_rgb.clone().requires_grad_(True)  # a "render" identical to the reference
+    loss = guide.sds_loss(images, torch.tensor([0, 1]), torch.tensor([-1, 1]), torch.zeros(2), torch.zeros(2),
+                          torch.zeros(2), step=0)
+    loss.backward()
+    assert torch.isfinite(loss) and images.grad.abs().sum() > 0
+    ref, anchors = _frames()
+    guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))  # restore for later tests

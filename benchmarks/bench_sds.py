@@ -1,0 +1,277 @@
+"""Benchmark: one Zero123 SDS call (forward + backward to the image) at full model size.
+
+The zero123-xl architecture is built from its configs (below) with RANDOM weights (no weights can
+be downloaded here), in fp16 on CUDA. Timing does not depend on the weight values.
+
+    python benchmarks/bench_sds.py                      # batch 4, 256x256 renders, all variants
+    python benchmarks/bench_sds.py --variants eager --render-size 512
+    python benchmarks/bench_sds.py --tiny --device cpu  # smoke test of the script itself
+
+Prints a table: median (and p10/p90) milliseconds of repeated runs after warm-up, CUDA events on
+GPU, all variants measured side by side in one process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# --- zero123-xl configs (diffusers layout of ashawkey/zero123-xl-diffusers) --------------------
+# UNet: Stable Diffusion 1.x UNet (as lambdalabs/sd-image-variations, which Zero123 fine-tunes)
+# with 8 input channels (4 noisy + 4 condition latent); 256x256 images -> 32x32 latents.
+UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=8,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+# VAE: the Stable Diffusion KL-f8 autoencoder.
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=256,
+    scaling_factor=0.18215,
+)
+# Image encoder: CLIP ViT-L/14 vision tower with a 768-d projection.
+CLIP_VISION_CONFIG = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    num_channels=3,
+    image_size=224,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=768,
+)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+PROCESSOR_CONFIG = dict(
+    size={"shortest_edge": 224},
+    crop_size={"height": 224, "width": 224},
+    image_mean=[0.48145466, 0.4578275, 0.40821073],
+    image_std=[0.26862954, 0.26130258, 0.27577711],
+)
+PROJECTION_CONFIG = dict(embedding_dim=768, additional_embeddings=4)
+
+TINY_OVERRIDES = dict(
+    unet=dict(block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=16,
+              attention_head_dim=4, norm_num_groups=4),
+    vae=dict(block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=4),
+    clip=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=32,
+              projection_dim=16),
+    projection=dict(embedding_dim=16),
+)
+
+
+def build_components(device: torch.device, tiny: bool = False):
+    """Random-weight zero123-xl components, built directly on ``device``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from guidance.zero123 import CLIPCameraProjection, Zero123Components
+
+    def cfg(base, key):
+        return {**base, **(TINY_OVERRIDES[key] if tiny else {})}
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**cfg(UNET_CONFIG, "unet"))
+        vae = AutoencoderKL(**cfg(VAE_CONFIG, "vae"))
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg(CLIP_VISION_CONFIG, "clip")))
+        projection = CLIPCameraProjection(**cfg(PROJECTION_CONFIG, "projection"))
+    return Zero123Components(
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        feature_extractor=CLIPImageProcessor(**PROCESSOR_CONFIG),
+        projection=projection,
+    )
+
+
+class Timer:
+    """Milliseconds of a callable: CUDA events on GPU, perf_counter on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn, iters: int, warmup: int) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        times = []
+        for _ in range(iters):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1000.0)
+        return times
+
+
+def set_variant(guide, channels_last: bool, compiled_unet=None) -> None:
+    """Switch the guidance UNet between memory formats / compiled forward (side-by-side runs)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    guide.unet.to(memory_format=fmt)
+    guide.memory_format = fmt
+    guide.unet_forward = compiled_unet if compiled_unet is not None else guide.unet
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--render-size", type=int, default=256, help="render resolution fed to sds_loss")
+    parser.add_argument("--frames", type=int, default=8, help="frames embedded by prepare()")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--variants", default="eager,channels_last,compile,compile+channels_last")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny model (smoke test of this script)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    from guidance.zero123 import Zero123Guidance
+
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    timer = Timer(device)
+    t0 = time.perf_counter()
+    guide = Zero123Guidance(build_components(device, args.tiny), device, dtype, guidance_scale=5.0)
+    build_s = time.perf_counter() - t0
+    params = {name: sum(p.numel() for p in getattr(guide, name).parameters()) / 1e6
+              for name in ("unet", "vae", "image_encoder", "projection")}
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    ref = torch.rand(args.frames, 3, 512, 512, device=device, generator=gen)
+    anchors = torch.rand(args.frames, 6, 3, 256, 256, device=device, generator=gen)
+    prepare_ms = timer(lambda: guide.prepare(ref, anchors), iters=3, warmup=1)
+
+    batch = args.batch
+    images = torch.rand(batch, 3, args.render_size, args.render_size, device=device, generator=gen)
+    images.requires_grad_(True)
+    frame_idx = torch.arange(batch, device=device) % args.frames
+    cond_view = (torch.arange(batch, device=device) % 7) - 1
+    d_elev = torch.linspace(-20, 20, batch, device=device)
+    d_azim = torch.linspace(-150, 150, batch, device=device)
+    d_radius = torch.zeros(batch, device=device)
+
+    def sds_step():
+        loss = guide.sds_loss(images, frame_idx, cond_view, d_elev, d_azim, d_radius, step=1000)
+        loss.backward()
+        images.grad = None
+
+    rows = []
+    compiled = None
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        use_compile = variant.startswith("compile")
+        channels_last = "channels_last" in variant
+        if use_compile and compiled is None:
+            compiled = torch.compile(guide.unet)
+        set_variant(guide, channels_last, compiled if use_compile else None)
+        c0 = time.perf_counter()
+        sds_step()  # first call: compilation, if any
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        first_s = time.perf_counter() - c0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = timer(sds_step, args.iters, args.warmup)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        rows.append(dict(variant=variant, median_ms=statistics.median(times), p10_ms=percentile(times, 0.1),
+                         p90_ms=percentile(times, 0.9), first_call_s=first_s, peak_gib=peak))
+
+    # Breakdown (eager, contiguous): the UNet call alone and the VAE encode forward + backward.
+    set_variant(guide, False, None)
+    noise = guide.draw_noise(batch, 1000)
+    latent_in = torch.randn(2 * batch, 8, guide.latent_size, guide.latent_size, device=device, dtype=dtype)
+    context = torch.randn(2 * batch, 1, guide.unet.config.cross_attention_dim, device=device, dtype=dtype)
+    t_in = torch.cat([noise.timesteps, noise.timesteps])
+
+    def unet_only():
+        with torch.no_grad():
+            guide.unet(latent_in, t_in, encoder_hidden_states=context)
+
+    def vae_only():
+        from guidance.zero123 import resize_square
+
+        latents = guide.encode_images(resize_square(images), noise.latent_eps)
+        latents.float().sum().backward()
+        images.grad = None
+
+    breakdown = {
+        f"unet forward (batch {2 * batch}, both CFG branches)": statistics.median(timer(unet_only, args.iters, args.warmup)),
+        f"vae encode fwd+bwd (batch {batch})": statistics.median(timer(vae_only, args.iters, args.warmup)),
+    }
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nZero123 SDS benchmark: {name}, torch {torch.__version__}, dtype {dtype}, "
+          f"{'TINY model' if args.tiny else 'zero123-xl architecture, random weights'}")
+    print("params (M): " + ", ".join(f"{k} {v:.1f}" for k, v in params.items()) + f"; built in {build_s:.1f} s")
+    print(f"prepare(): {args.frames} frames x (1 + 6) views: median {statistics.median(prepare_ms):.1f} ms")
+    print(f"\nsds_loss forward + backward to the image: batch {batch}, render {args.render_size}x{args.render_size}, "
+          f"{args.iters} runs after {args.warmup} warm-up")
+    print(f"{'variant':<26}{'median ms':>11}{'p10':>9}{'p90':>9}{'1st call s':>12}{'peak GiB':>10}")
+    for r in rows:
+        print(f"{r['variant']:<26}{r['median_ms']:>11.2f}{r['p10_ms']:>9.2f}{r['p90_ms']:>9.2f}"
+              f"{r['first_call_s']:>12.1f}{r['peak_gib']:>10.2f}")
+    print("\nbreakdown (eager):")
+    for k, v in breakdown.items():
+        print(f"  {k:<48}{v:>9.2f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=name, batch=batch, render_size=args.render_size, rows=rows, breakdown=breakdown,
+                           prepare_ms=statistics.median(prepare_ms), params_m=params, tiny=args.tiny), f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
