@@ -100,6 +100,7 @@ class Config:
     l1_time_planes: float = 0.05
     lambda_anisotropy: float = 1.0  # SPEC 4.5 gives no weight: 1
     scale_loss_ratio: float = 7.5
+    anisotropy_activated: bool = True  # SPEC: activated scales; false = the released log-scales (always 0)
     # ours (off in the faithful config): photometric loss on the anchor views
     lambda_anchor_rgb: float = 0.0
     lambda_anchor_alpha: float = 0.0
@@ -146,6 +147,7 @@ class Config:
     max_scale_prune: float = 0.1  # prune max scale > this * extent
     min_scale_prune: float = 0.001
     max_screen_size: float = 2.0
+    screen_size_prune: bool = False  # the released screen-size test never fires (see densification.py)
 
 
 KNOWN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))

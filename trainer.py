@@ -226,7 +226,7 @@ class Trainer:
             ref_rgb, anchor_rgb = self._training_images()
             self.guidance.prepare(ref_rgb, anchor_rgb)
 
-        self.model = GaussianModel4D(cfg).to(self.device)
+        self.model = GaussianModel4D.from_config(cfg).to(self.device)
         self.model.initialize_random(int(cfg.num_pts), float(cfg.init_radius), int(cfg.seed))
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
         self.densify = DensifyStrategy(cfg)
@@ -263,11 +263,12 @@ class Trainer:
         try:
             return load_guidance(self.cfg, self.device)
         except ModelUnavailable as err:
-            raise ModelUnavailable(
-                f"lambda_zero123={self.cfg.lambda_zero123} needs the Zero123 model but it cannot be loaded "
-                f"({str(err).splitlines()[0] if str(err) else 'unavailable'}); point zero123_model= at a local "
-                f"diffusers folder, or train without it: --config configs/anchored.yaml"
-            ) from err
+            reason = str(err).splitlines()[0] if str(err) else "it cannot be loaded"
+            hint = "" if ("zero123_model=" in reason and "anchored.yaml" in reason) else (
+                "; point zero123_model= at a local diffusers folder, or train without it: "
+                "--config configs/anchored.yaml"
+            )
+            raise ModelUnavailable(f"lambda_zero123={self.cfg.lambda_zero123} needs Zero123: {reason}{hint}") from err
 
     def _training_images(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Reference [T, 3, S, S] and anchor [T, V, 3, A, A] images with held-out data blanked (white).
@@ -324,7 +325,7 @@ class Trainer:
 
     def _render_many(self, gaussians: list[GaussianParams], cameras: list[Camera],
                      backgrounds: torch.Tensor) -> list[RenderOutput]:
-        from rasterizer import render_batch
+        from rasterizer.render import render_batch
 
         return render_batch(gaussians, cameras, backgrounds, backend=self.backend)
 
@@ -349,21 +350,26 @@ class Trainer:
             canonical = self.model.gaussians_at(None)
             gaussians = [canonical] * len(frames)
         else:
-            gaussians = [self.model.gaussians_at(t) for t in times]
+            gaussians = self.model.gaussians_at_times(times)  # one deformation call for the batch
         frame_idx = torch.tensor(frames, device=self.device, dtype=torch.long)
         losses: dict[str, torch.Tensor] = {}
         outputs: list[RenderOutput] = []
 
         # 1. reference view, white background
-        ref_out = self._render_many(
-            gaussians, [self.ref_camera.with_time(t) for t in times], self._white.expand(len(frames), 3)
-        )
-        outputs += ref_out
-        ref_images = torch.stack([o.image for o in ref_out])
-        ref_alphas = torch.stack([o.alpha for o in ref_out])
-        # sum over samples of the per-sample MSE, as the released loop adds one loss per sample
-        losses["ref_rgb"] = ratio * cfg.lambda_ref_rgb * _per_sample_mse(ref_images, self.data.ref_rgb[frame_idx])
-        losses["ref_alpha"] = ratio * cfg.lambda_ref_alpha * _per_sample_mse(ref_alphas, self.data.ref_mask[frame_idx])
+        if cfg.lambda_ref_rgb > 0 or cfg.lambda_ref_alpha > 0:
+            ref_out = self._render_many(
+                gaussians, [self.ref_camera.with_time(t) for t in times], self._white.expand(len(frames), 3)
+            )
+            outputs += ref_out
+            # sum over samples of the per-sample MSE, as the released loop adds one loss per sample
+            if cfg.lambda_ref_rgb > 0:
+                ref_images = torch.stack([o.image for o in ref_out])
+                losses["ref_rgb"] = ratio * cfg.lambda_ref_rgb * _per_sample_mse(ref_images, self.data.ref_rgb[frame_idx])
+            if cfg.lambda_ref_alpha > 0:
+                ref_alphas = torch.stack([o.alpha for o in ref_out])
+                losses["ref_alpha"] = ratio * cfg.lambda_ref_alpha * _per_sample_mse(
+                    ref_alphas, self.data.ref_mask[frame_idx]
+                )
 
         # 2-3. random view + SDS
         if self.guidance is not None and cfg.lambda_zero123 > 0:
@@ -372,22 +378,24 @@ class Trainer:
         # ours: anchor views at their poses
         if (cfg.lambda_anchor_rgb > 0 or cfg.lambda_anchor_alpha > 0) and self.train_views:
             anchor_rgb, anchor_alpha = self._anchor_losses(gaussians, frames, times, outputs)
-            losses["anchor_rgb"] = ratio * cfg.lambda_anchor_rgb * anchor_rgb
-            losses["anchor_alpha"] = ratio * cfg.lambda_anchor_alpha * anchor_alpha
+            if cfg.lambda_anchor_rgb > 0:
+                losses["anchor_rgb"] = ratio * cfg.lambda_anchor_rgb * anchor_rgb
+            if cfg.lambda_anchor_alpha > 0:
+                losses["anchor_alpha"] = ratio * cfg.lambda_anchor_alpha * anchor_alpha
 
         # 4. HexPlane regularizers (fine stage), 5. anisotropy of the last sample's scales
         if not coarse and cfg.lambda_tv > 0:
-            losses["regularizer"] = cfg.lambda_tv * self._regularizer()
+            losses["regularizer"] = self._regularizer()  # includes lambda_tv
         if cfg.lambda_anisotropy > 0:
             from losses import anisotropy_loss
 
             losses["anisotropy"] = cfg.lambda_anisotropy * anisotropy_loss(
-                gaussians[-1].log_scales, float(cfg.scale_loss_ratio)
+                gaussians[-1].log_scales, float(cfg.scale_loss_ratio), activated=bool(cfg.anisotropy_activated)
             )
 
         total = torch.stack(list(losses.values())).sum()
         total.backward()
-        self.densify.accumulate(outputs)
+        self.densify.accumulate(outputs, step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.densify.step(self.model, self.optimizer, step)
@@ -447,9 +455,10 @@ class Trainer:
         return rgb, alpha
 
     def _regularizer(self) -> torch.Tensor:
-        from losses import total_regularizer
+        """lambda_tv * weighted HexPlane terms (SPEC 4.4)."""
+        from losses import hexplane_regularizers, total_regularizer
 
-        return total_regularizer(self.model.deformation, self.cfg)
+        return total_regularizer(hexplane_regularizers(self.model.deformation), self.cfg)
 
     # ------------------------------------------------------------------------------------------
     # loop
@@ -520,7 +529,7 @@ class Trainer:
             background: RGB in [0, 1].
             scale_modifier: multiplies every Gaussian's scale (viewer slider).
         """
-        from rasterizer import render as rasterize
+        from rasterizer.render import render as rasterize
 
         gaussians = self.model.gaussians_at(time)
         if time is not None:
