@@ -1,0 +1,144 @@
+"""CUDA backend: ``gsplat.rasterization`` (gsplat 1.5.3), imported lazily.
+
+One call renders a whole batch when the views share the image size and clipping planes and the
+Gaussian sets share their count and colour layout (batch dimension of gsplat); the same Gaussian
+set seen by several cameras uses gsplat's camera dimension instead.
+
+``means2d``: gsplat returns one [B, C, N, 2] tensor for the whole call. Each RenderOutput gets its
+[N, 2] slice; a hook on the full tensor writes (and accumulates, like ``retain_grad``) the slice
+of dL/d(means2d) into every slice's ``.grad`` during backward, so ``out.means2d.grad`` is the
+screen-space gradient in pixels, as with the torch backend.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+
+from cam_utils import Camera
+from rasterizer.types import GaussianParams, RenderOutput
+
+
+@functools.lru_cache(maxsize=None)
+def gsplat_status() -> tuple[bool, str]:
+    """(usable, reason): gsplat imports and its CUDA extension loads (compiling it the first time)."""
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    try:
+        import gsplat  # noqa: F401
+        from gsplat.cuda._backend import _C
+    except Exception as exc:  # any failure to import or compile means: use the torch backend
+        return False, f"gsplat unusable ({type(exc).__name__}: {exc})"
+    if _C is None:
+        return False, "gsplat's CUDA extension did not build"
+    return True, f"gsplat {gsplat.__version__}"
+
+
+def _same_layout(gaussians: Sequence[GaussianParams]) -> bool:
+    first = gaussians[0]
+    for g in gaussians[1:]:
+        if g.num != first.num or (g.sh is None) != (first.sh is None):
+            return False
+        if g.sh is not None and g.sh.shape != first.sh.shape:
+            return False
+    return True
+
+
+def _same_view_setup(cameras: Sequence[Camera]) -> bool:
+    first = cameras[0]
+    return all((c.width, c.height, c.near, c.far) == (first.width, first.height, first.near, first.far)
+               for c in cameras[1:])
+
+
+def _colour_input(gaussians: GaussianParams) -> tuple[torch.Tensor, int | None]:
+    """(colors argument [N, K, 3] or [N, 3], sh_degree argument) for gsplat."""
+    if gaussians.sh is not None:
+        return gaussians.sh, gaussians.sh_degree
+    return gaussians.colors, None
+
+
+def _split_means2d(means2d: torch.Tensor, num_images: int) -> list[torch.Tensor]:
+    """Per-image views [N, 2] of gsplat's means2d [..., N, 2] whose .grad is filled in backward.
+
+    The hook sits on gsplat's own tensor (the one its rasterizer used), not on a reshaped copy.
+    """
+    flat = means2d.detach().reshape(num_images, -1, 2)
+    if not means2d.requires_grad:
+        return list(flat.unbind(0))
+    views = list(means2d.reshape(num_images, -1, 2).unbind(0))
+    for view in views:
+        view.retain_grad()  # marks the view as grad-holding (no warning on .grad access)
+
+    def scatter_grad(grad: torch.Tensor) -> None:
+        for view, view_grad in zip(views, grad.reshape(num_images, -1, 2).unbind(0)):
+            view.grad = view_grad.clone() if view.grad is None else view.grad + view_grad
+
+    means2d.register_hook(scatter_grad)
+    return views
+
+
+def _rasterize(means, quats, scales, opacities, colors, sh_degree, viewmats, Ks, backgrounds,
+               camera: Camera) -> list[RenderOutput]:
+    """One ``gsplat.rasterization`` call, split into one RenderOutput per image."""
+    from gsplat import rasterization
+
+    render_colors, render_alphas, meta = rasterization(
+        means, quats, scales, opacities, colors, viewmats, Ks, camera.width, camera.height,
+        near_plane=camera.near, far_plane=camera.far, eps2d=0.3, sh_degree=sh_degree, packed=False,
+        backgrounds=backgrounds, render_mode="RGB+D",
+    )
+    height, width = camera.height, camera.width
+    render_colors = render_colors.reshape(-1, height, width, 4)
+    render_alphas = render_alphas.reshape(-1, height, width, 1)
+    num_images = render_colors.shape[0]
+    radii = meta["radii"].reshape(num_images, -1, 2).amax(dim=-1).to(torch.int32)
+    means2d = _split_means2d(meta["means2d"], num_images)
+    return [
+        RenderOutput(image=render_colors[i, ..., :3].permute(2, 0, 1), alpha=render_alphas[i].permute(2, 0, 1),
+                     depth=render_colors[i, ..., 3:4].permute(2, 0, 1), radii=radii[i], means2d=means2d[i],
+                     visible=radii[i] > 0)
+        for i in range(num_images)
+    ]
+
+
+def render_gsplat_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[Camera],
+                        backgrounds: torch.Tensor, scale_modifier: float = 1.0) -> list[RenderOutput]:
+    """Render B views; one gsplat call when the batch allows it, else one call per view.
+
+    Args:
+        gaussians: B Gaussian sets (the same object repeated means one set seen by B cameras).
+        cameras: B cameras.
+        backgrounds: [B, 3].
+    """
+    if not (_same_view_setup(cameras) and _same_layout(gaussians)):
+        return [out for g, c, bg in zip(gaussians, cameras, backgrounds)
+                for out in render_gsplat_batch([g], [c], bg.unsqueeze(0), scale_modifier)]
+    device = gaussians[0].means.device
+    viewmats = torch.stack([c.world_to_camera.to(device=device, dtype=torch.float32) for c in cameras])
+    Ks = torch.stack([c.intrinsics.to(device) for c in cameras])
+    backgrounds = backgrounds.to(device=device, dtype=torch.float32)
+    camera = cameras[0]
+    if all(g is gaussians[0] for g in gaussians):
+        g = gaussians[0]
+        colors, sh_degree = _colour_input(g)
+        out = _rasterize(g.means, g.quats, torch.exp(g.log_scales) * scale_modifier,
+                         torch.sigmoid(g.opacity_logits), colors, sh_degree, viewmats, Ks, backgrounds,
+                         camera)
+    else:
+        colors, sh_degree = zip(*[_colour_input(g) for g in gaussians])
+        out = _rasterize(
+            torch.stack([g.means for g in gaussians]),
+            torch.stack([g.quats for g in gaussians]),
+            torch.stack([torch.exp(g.log_scales) * scale_modifier for g in gaussians]),
+            torch.stack([torch.sigmoid(g.opacity_logits) for g in gaussians]),
+            torch.stack(colors), sh_degree[0], viewmats.unsqueeze(1), Ks.unsqueeze(1),
+            backgrounds.unsqueeze(1), camera,
+        )
+    return out
+
+
+def render_gsplat(gaussians: GaussianParams, camera: Camera, background: torch.Tensor,
+                  scale_modifier: float = 1.0) -> RenderOutput:
+    """Render one view with gsplat."""
+    return render_gsplat_batch([gaussians], [camera], background.reshape(1, 3), scale_modifier)[0]
