@@ -89,15 +89,15 @@ def chunk_rows(num_points: int, element_size: int, budget_bytes: int) -> int:
     return max(1, min(num_points, budget_bytes // per_row))
 
 
-def _sq_dist_rows(queries: Tensor, points: Tensor) -> Tensor:
+def _sq_dist_rows(queries_t: Tensor, points_t: Tensor) -> Tensor:
     """Exact squared distances by coordinate differences (no ``|a|^2 + |b|^2 - 2ab`` cancellation).
 
-    queries [C,3], points [N,3] -> [C,N]. Each entry is computed by the same elementwise ops
-    whatever C is, so results do not depend on the chunking.
+    queries_t [3,C], points_t [3,N] (coordinate-major, contiguous rows) -> [C,N]. Each entry is
+    computed by the same elementwise ops whatever C is, so results do not depend on the chunking.
     """
-    dist = torch.sub(queries[:, 0:1], points[:, 0]).square_()
+    dist = torch.sub(queries_t[0, :, None], points_t[0]).square_()
     for axis in (1, 2):
-        diff = torch.sub(queries[:, axis:axis + 1], points[:, axis]).square_()
+        diff = torch.sub(queries_t[axis, :, None], points_t[axis]).square_()
         dist += diff
         del diff
     return dist
@@ -115,7 +115,7 @@ def mean_sq_dist_knn3_torch(points: Tensor, chunk_size: Optional[int] = None,
     k = min(NUM_NEIGHBOURS, num - 1)
     if k <= 0:  # N = 0 (empty) or N = 1 (no other point): 0 by definition
         return torch.zeros(num, dtype=points.dtype, device=points.device)
-    points = points.contiguous()
+    points_t = points.t().contiguous()  # [3,N]: contiguous per-axis rows broadcast fast
     if chunk_size is None:
         if budget_bytes is None:
             budget_bytes = (DEFAULT_BUDGET_BYTES_CUDA if points.is_cuda
@@ -125,7 +125,7 @@ def mean_sq_dist_knn3_torch(points: Tensor, chunk_size: Optional[int] = None,
     out = torch.empty(num, dtype=points.dtype, device=points.device)
     for start in range(0, num, chunk_size):
         stop = min(num, start + chunk_size)
-        dist = _sq_dist_rows(points[start:stop], points)
+        dist = _sq_dist_rows(points_t[:, start:stop], points_t)
         rows = torch.arange(stop - start, device=points.device)
         dist[rows, rows + start] = float("inf")  # exclude self by index: duplicates still count
         nearest = torch.topk(dist, k, dim=1, largest=False, sorted=True).values  # ascending
