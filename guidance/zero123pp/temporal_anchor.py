@@ -1,0 +1,176 @@
+"""STAG4D's temporal anchor for Zero123++ (SPEC section 9).
+
+While frame 0 is generated, every self-attention call of the denoising UNet (every ``attn1``
+layer, every step) hands its key/value input to a :class:`TemporalAnchor` in mode ``"record"``:
+own tokens ``[B, L, C]`` followed by the reference tokens ``[B, Lr, C]``. The record is kept on the
+CPU in fp16. For every later frame the same call, in mode ``"replay"``, replaces the own-token
+part by the mean of its own tokens and frame 0's recorded own tokens; the reference part is left
+alone. Mode ``"off"`` passes everything through (plain Zero123++).
+
+The state is explicit: the script creates one anchor, passes it to every generation and switches
+its mode; nothing lives at module level. Records are keyed by ``(layer name, step index)``, so
+neither the order of the layers nor the number of calls per step matters. ``L`` is the token
+count of the hidden states the call attends from (the query input), never derived from channel
+counts, so any output size works.
+
+Classifier-free guidance runs the unconditional and the conditional branch as one batch
+``[uncond, cond]``; a record holds the whole batch and the replay averages element ``b`` with
+recorded element ``b``, so each branch is anchored to the same branch of frame 0.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+MODES = ("off", "record", "replay")
+
+
+class AnchorMismatch(RuntimeError):
+    """A replayed frame does not match frame 0's records (other size, steps or guidance)."""
+
+
+class TemporalAnchor:
+    """Records frame 0's self-attention key/value inputs and blends them into later frames.
+
+    Args:
+        mode: ``"record"`` (frame 0), ``"replay"`` (later frames) or ``"off"``.
+        storage_dtype: dtype of the records on the CPU (fp16 as in the released code).
+        pin_memory: keep records in page-locked memory when they come from a GPU, so that the
+            copies to and from the GPU run asynchronously. ``None``: pin when CUDA is available.
+    """
+
+    def __init__(self, mode: str = "record", storage_dtype: torch.dtype = torch.float16,
+                 pin_memory: bool | None = None):
+        self.mode = _check_mode(mode)
+        self.storage_dtype = storage_dtype
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        # (layer name, step) -> (kv input [B, L + Lr, C] on the CPU, L)
+        self.records: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = _check_mode(mode)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the records."""
+        return sum(t.numel() * t.element_size() for t, _ in self.records.values())
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __call__(self, layer: str, step: int, kv_input: torch.Tensor, own_tokens: int) -> torch.Tensor:
+        """The key/value input [B, L + Lr, C] this self-attention call should use.
+
+        Args:
+            layer: name of the attention layer (the key of its processor in the UNet).
+            step: denoising step index.
+            kv_input: own tokens [B, L, C] followed by the reference tokens [B, Lr, C].
+            own_tokens: L, the token count of the hidden states the call attends from.
+        """
+        if self.mode == "off":
+            return kv_input
+        key = (layer, step)
+        if self.mode == "record":
+            if key in self.records:
+                raise AnchorMismatch(
+                    f"{layer} at step {step} was recorded twice: clear() the anchor before recording another frame 0"
+                )
+            self.records[key] = (self._store(kv_input), own_tokens)
+            return kv_input
+        return self._replay(key, kv_input, own_tokens)
+
+    def _store(self, kv_input: torch.Tensor) -> torch.Tensor:
+        """Copy [B, L + Lr, C] to the CPU in ``storage_dtype`` (asynchronously into pinned memory)."""
+        pin = self.pin_memory and kv_input.is_cuda
+        out = torch.empty(kv_input.shape, dtype=self.storage_dtype, device="cpu", pin_memory=pin)
+        # A GPU -> pinned copy is queued on the current stream: the replay's copy back is queued
+        # on the same stream later, so it always sees the finished record.
+        out.copy_(kv_input.detach(), non_blocking=pin)
+        return out
+
+    def _replay(self, key: tuple[str, int], kv_input: torch.Tensor, own_tokens: int) -> torch.Tensor:
+        if key not in self.records:
+            raise AnchorMismatch(
+                f"no frame-0 record for {key[0]} at step {key[1]}: generate frame 0 with the anchor in "
+                "'record' mode first, with the same number of steps"
+            )
+        record, recorded_own = self.records[key]
+        if recorded_own != own_tokens or record.shape[0] != kv_input.shape[0] or record.shape[2] != kv_input.shape[2]:
+            raise AnchorMismatch(
+                f"{key[0]} at step {key[1]}: frame 0 recorded {recorded_own} own tokens of {tuple(record.shape)}, "
+                f"this frame has {own_tokens} of {tuple(kv_input.shape)}: use the same output size and "
+                "guidance for every frame"
+            )
+        frame0_own = record[:, :own_tokens].to(kv_input.device, kv_input.dtype, non_blocking=True)
+        own = (kv_input[:, :own_tokens] + frame0_own) / 2
+        return torch.cat([own, kv_input[:, own_tokens:]], dim=1)
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"temporal anchor mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def _ceil_half(n: int, times: int) -> int:
+    """Size after ``times`` stride-2 convolutions with padding 1 (kernel 3): ceil(n / 2) each time."""
+    for _ in range(times):
+        n = (n + 1) // 2
+    return n
+
+
+def self_attention_tokens(
+    unet_config: dict, latent_hw: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """(tokens, channels) of every ``attn1`` call of one UNet pass, for a latent of ``latent_hw``.
+
+    Follows the UNet2DConditionModel layout: cross-attention down blocks at level i (resolution
+    halved i times) with ``layers_per_block`` attentions, the mid block at the deepest level with
+    one, cross-attention up blocks with ``layers_per_block + 1``; each attention holds
+    ``transformer_layers_per_block`` transformer blocks (one ``attn1`` each).
+    """
+    channels: Sequence[int] = unet_config["block_out_channels"]
+    layers = unet_config.get("layers_per_block", 2)
+    depth = unet_config.get("transformer_layers_per_block", 1)
+    depth = depth if isinstance(depth, int) else depth[0]
+    levels = len(channels)
+    height, width = latent_hw
+
+    def tokens(level: int) -> int:
+        return _ceil_half(height, level) * _ceil_half(width, level)
+
+    calls: list[tuple[int, int]] = []
+    for level, block in enumerate(unet_config["down_block_types"]):
+        if "CrossAttn" in block:
+            calls += [(tokens(level), channels[level])] * (layers * depth)
+    mid_block = unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if mid_block and "CrossAttn" in mid_block:
+        calls += [(tokens(levels - 1), channels[-1])] * depth
+    for j, block in enumerate(unet_config["up_block_types"]):
+        level = levels - 1 - j
+        if "CrossAttn" in block:
+            calls += [(tokens(level), channels[level])] * ((layers + 1) * depth)
+    return calls
+
+
+def record_bytes(
+    unet_config: dict,
+    latent_hw: tuple[int, int],
+    cond_latent_hw: tuple[int, int],
+    steps: int,
+    batch: int = 2,
+    bytes_per_value: int = 2,
+) -> int:
+    """Bytes of frame 0's records: steps x batch x bytes x sum over attn1 calls of (L + Lr) x C.
+
+    ``batch`` is 2 with classifier-free guidance ([uncond, cond]); ``Lr`` is the token count of
+    the reference pass, whose latent is the condition image's (``cond_latent_hw``).
+    """
+    own = self_attention_tokens(unet_config, latent_hw)
+    ref = self_attention_tokens(unet_config, cond_latent_hw)
+    per_pass = sum((lo + lr) * c for (lo, c), (lr, _) in zip(own, ref))
+    return steps * batch * bytes_per_value * per_pass
