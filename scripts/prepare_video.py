@@ -356,9 +356,15 @@ def prepare_video(
     return dataset
 
 
-def next_commands(dataset: str, name: str) -> list[str]:
+def next_commands(dataset: str, name: str, matting: str = "rembg") -> list[str]:
+    """The multi-view anchor and training commands for the new dataset.
+
+    gen_mv mattes its generated views too: with ``--matting color`` here (rembg unwanted or
+    unavailable) it gets the same offline matte.
+    """
+    gen_mv_matting = " --matting color" if matting == "color" else ""
     return [
-        f"python scripts/gen_mv.py --path {dataset}",
+        f"python scripts/gen_mv.py --path {dataset}{gen_mv_matting}",
         f"python main.py --config configs/stag4d.yaml path={dataset} save_path={name}",
     ]
 
@@ -386,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     dataset = prepare_video(args.input, args.name, args.frames, args.size, args.matting, args.out_root, args.overwrite)
     print(f"wrote {args.frames} frames of {args.size}x{args.size} to {os.path.join(dataset, 'ref')}")
     print("next:")
-    for command in next_commands(dataset, args.name):
+    for command in next_commands(dataset, args.name, args.matting):
         print(f"  {command}")
 
 

@@ -175,6 +175,8 @@ def test_cli_prints_next_commands_and_overwrite(tmp_path, capsys):
     assert f"python scripts/gen_mv.py --path {dataset}" in printed
     assert f"python main.py --config configs/stag4d.yaml path={dataset} save_path=disc" in printed
 
+    assert pv.next_commands("dataset/x", "x", "color")[0] == "python scripts/gen_mv.py --path dataset/x --matting color"
+
     # A second run refuses to mix with existing frames, with a one-line error and status 2 ...
     with pytest.raises(SystemExit) as exit_info:
         pv.main([str(folder), "--name", "disc", "--frames", "3", "--out-root", out_root, "--matting", "none"])
