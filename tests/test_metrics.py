@@ -140,6 +140,21 @@ def test_clip_similarity_tiny_model(tmp_path):
     assert clip(img[0], img[0]).shape == ()
 
 
+def test_clip_vision_only_folder(tmp_path):
+    """A vision-only checkpoint (CLIPVisionModelWithProjection) loads through the same code."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=8)
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    clip = metrics.CLIPSimilarity.load(str(tmp_path), resize=32)
+    img = _image(9, 32)
+    assert clip.embed(img).shape == (2, 8)
+    assert torch.allclose(clip(img, img), torch.ones(2), atol=1e-5)
+
+
 def test_clip_missing_model_is_model_unavailable(tmp_path):
     with pytest.raises(ModelUnavailable, match="no_such_clip"):
         metrics.CLIPSimilarity.load(str(tmp_path / "no_such_clip"))
