@@ -222,11 +222,13 @@ def _hf_load(loader, model_id: str, what: str):
     try:
         return loader.from_pretrained(model_id)
     except Exception as err:  # hub offline, missing folder, wrong layout: all mean "not available"
-        where = f"folder {model_id}" if os.path.isdir(model_id) else f"hub id {model_id}"
-        raise ModelUnavailable(
-            f"cannot load {what} from {where} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
-            "put a save_pretrained folder there or pass its local path"
-        ) from None
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}" if str(err).strip() else type(err).__name__
+        if os.path.isdir(model_id):
+            fix = "the folder must hold a save_pretrained CLIP model and its image processor"
+        else:
+            fix = (f"download it where the hub is reachable (huggingface-cli download {model_id}) "
+                   "or give a local folder (evaluate: clip_model=DIR)")
+        raise ModelUnavailable(f"cannot load {what} from {model_id} ({reason}): {fix}") from None
 
 
 class CLIPSimilarity:
