@@ -154,12 +154,14 @@ class Timer:
         return times
 
 
-def set_variant(guide, channels_last: bool, compiled_unet=None) -> None:
-    """Switch the guidance UNet between memory formats / compiled forward (side-by-side runs)."""
+def set_variant(guide, channels_last: bool, compiled_unet=None, compiled_vae=None) -> None:
+    """Switch the UNet and VAE between memory formats / compiled callables (side-by-side runs)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     guide.unet.to(memory_format=fmt)
+    guide.vae.to(memory_format=fmt)
     guide.memory_format = fmt
     guide.unet_forward = compiled_unet if compiled_unet is not None else guide.unet
+    guide.vae_moments = compiled_vae if compiled_vae is not None else guide.posterior_moments
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -174,7 +176,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="frames embedded by prepare()")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--variants", default="eager,channels_last,compile,compile+channels_last")
+    parser.add_argument("--variants", default="eager,channels_last,compile,compile_all,compile_all+channels_last")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny model (smoke test of this script)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -210,14 +212,21 @@ def main() -> None:
         loss.backward()
         images.grad = None
 
+    # Variants: "eager", "channels_last" (UNet + VAE), "compile" (UNet only), "compile_all"
+    # (UNet + VAE encoder, as Zero123Guidance.optimize(compile=True)), "+channels_last" suffixes.
     rows = []
-    compiled = None
+    compiled_unet = compiled_vae = None
+    fixed_noise = guide.draw_noise(batch, 1000, generator=torch.Generator(device=device).manual_seed(1))
+    reference_loss = None
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        use_compile = variant.startswith("compile")
+        base = variant.split("+")[0]
         channels_last = "channels_last" in variant
-        if use_compile and compiled is None:
-            compiled = torch.compile(guide.unet)
-        set_variant(guide, channels_last, compiled if use_compile else None)
+        if base.startswith("compile") and compiled_unet is None:
+            compiled_unet = torch.compile(guide.unet)
+        if base == "compile_all" and compiled_vae is None:
+            compiled_vae = torch.compile(guide.posterior_moments)
+        set_variant(guide, channels_last, compiled_unet if base.startswith("compile") else None,
+                    compiled_vae if base == "compile_all" else None)
         c0 = time.perf_counter()
         sds_step()  # first call: compilation, if any
         if device.type == "cuda":
@@ -227,8 +236,13 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         times = timer(sds_step, args.iters, args.warmup)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        # Same draws in every variant: the loss must agree with the first variant's.
+        # (with grad enabled, as in the timed calls, so that nothing recompiles)
+        check = guide.sds_loss(images, frame_idx, cond_view, d_elev, d_azim, d_radius, 1000, fixed_noise).item()
+        reference_loss = check if reference_loss is None else reference_loss
         rows.append(dict(variant=variant, median_ms=statistics.median(times), p10_ms=percentile(times, 0.1),
-                         p90_ms=percentile(times, 0.9), first_call_s=first_s, peak_gib=peak))
+                         p90_ms=percentile(times, 0.9), first_call_s=first_s, peak_gib=peak, loss=check,
+                         rel_diff=abs(check - reference_loss) / max(abs(reference_loss), 1e-12)))
 
     # Breakdown (eager, contiguous): the UNet call alone and the VAE encode forward + backward.
     set_variant(guide, False, None)
@@ -260,10 +274,11 @@ def main() -> None:
     print(f"prepare(): {args.frames} frames x (1 + 6) views: median {statistics.median(prepare_ms):.1f} ms")
     print(f"\nsds_loss forward + backward to the image: batch {batch}, render {args.render_size}x{args.render_size}, "
           f"{args.iters} runs after {args.warmup} warm-up")
-    print(f"{'variant':<26}{'median ms':>11}{'p10':>9}{'p90':>9}{'1st call s':>12}{'peak GiB':>10}")
+    print(f"{'variant':<28}{'median ms':>11}{'p10':>9}{'p90':>9}{'1st call s':>12}{'peak GiB':>10}"
+          f"{'loss rel. diff':>16}")
     for r in rows:
-        print(f"{r['variant']:<26}{r['median_ms']:>11.2f}{r['p10_ms']:>9.2f}{r['p90_ms']:>9.2f}"
-              f"{r['first_call_s']:>12.1f}{r['peak_gib']:>10.2f}")
+        print(f"{r['variant']:<28}{r['median_ms']:>11.2f}{r['p10_ms']:>9.2f}{r['p90_ms']:>9.2f}"
+              f"{r['first_call_s']:>12.1f}{r['peak_gib']:>10.2f}{r['rel_diff']:>16.1e}")
     print("\nbreakdown (eager):")
     for k, v in breakdown.items():
         print(f"  {k:<48}{v:>9.2f} ms")

@@ -308,6 +308,19 @@ def test_sds_conditioning_changes_with_the_view(prepared):
     assert other_view.item() != base.item() and other_pose.item() != base.item()
 
 
+def test_channels_last_gives_the_same_loss(tiny_model_dir):
+    guide = load_guidance({"zero123_model": tiny_model_dir}, "cpu")
+    ref, anchors = _frames()
+    guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))
+    images, *rest = _batch(size=2)
+    noise = guide.draw_noise(2, step=0, generator=torch.Generator().manual_seed(4))
+    eager = guide.sds_loss(images, *rest, step=0, noise=noise)
+    guide.optimize(channels_last=True)
+    assert guide.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    fast = guide.sds_loss(images, *rest, step=0, noise=noise)
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-6)
+
+
 def test_camera_code():
     from guidance.zero123 import camera_code
 
