@@ -24,13 +24,24 @@ namespace {
 // Below this many points, all pairs (n^2 / 2 distance evaluations) beat building a grid.
 constexpr int64_t kBruteForceBelow = 2048;
 
+// "[10, 2]", built by hand: an error message streaming IntArrayRef segfaulted on the torch 2.11
+// device, plain strings do not.
+std::string shape_string(const torch::Tensor& tensor) {
+  std::string text = "[";
+  for (int64_t d = 0; d < tensor.dim(); ++d) {
+    if (d > 0) text += ", ";
+    text += std::to_string(tensor.size(d));
+  }
+  return text + "]";
+}
+
 void check_points(const torch::Tensor& points) {
   TORCH_CHECK_VALUE(points.is_cuda(), "simple_knn: points must be on a CUDA device, got ",
                     points.device(), "; move them with .cuda()");
   TORCH_CHECK_VALUE(points.scalar_type() == at::kFloat, "simple_knn: points must be float32, got ",
                     points.scalar_type(), "; convert with .float()");
   TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) == 3,
-                    "simple_knn: points must have shape [N,3], got ", points.sizes(),
+                    "simple_knn: points must have shape [N,3], got ", shape_string(points),
                     "; reshape with .reshape(-1, 3)");
   TORCH_CHECK_VALUE(points.size(0) < INT_MAX, "simple_knn: at most ", INT_MAX - 1,
                     " points are supported, got ", points.size(0));

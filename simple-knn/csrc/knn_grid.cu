@@ -106,12 +106,22 @@ SK_HD void scan_range(const float4* __restrict__ sorted_points, int begin, int e
   }
 }
 
+// Distance in cells from coordinate t to the slab of cell `cell` along one axis, less the margin
+// (never negative). Border cells extend to infinity: clamped points may lie beyond them.
+SK_HD float slab_gap(float t, int cell, int dim) {
+  const float below = cell > 0 ? static_cast<float>(cell) - t : 0.0f;
+  const float above = cell < dim - 1 ? t - static_cast<float>(cell + 1) : 0.0f;
+  return fmaxf(fmaxf(below, above) - kGapMarginCells, 0.0f);
+}
+
 // The query at sorted index s. Ring r = the cells at Chebyshev distance exactly r from the
 // query's cell. After ring r every point not yet seen lies in a cell outside the box of rings
 // 0..r, hence at least `gap` away, where gap is the distance from the query to the nearest face
 // of that box that is not on the grid border (points beyond the border are clamped into border
 // cells, which are inside the box once reached). Stop when gap^2 >= the k-th best distance, or
 // when the box covers the whole grid (then every point has been seen: always terminates).
+// Within a ring, rows and cells whose nearest possible point is not closer than the current k-th
+// best are skipped (they cannot change the result).
 SK_HD void grid_knn3_point(const float4* __restrict__ sorted_points,
                            const int* __restrict__ sorted_cell,
                            const int* __restrict__ sorted_to_input,
@@ -120,6 +130,7 @@ SK_HD void grid_knn3_point(const float4* __restrict__ sorted_points,
   const int k = imin(kNumNeighbours, n - 1);
   const float4 q = sorted_points[s];
   const int dx = grid.dims[0], dy = grid.dims[1], dz = grid.dims[2];
+  const float h = grid.cell_size, h2 = grid.cell_size * grid.cell_size;
   const int cell = sorted_cell[s];
   const int c[3] = {cell % dx, (cell / dx) % dy, cell / (dx * dy)};
   const float t[3] = {cell_coord(q.x, grid.lo[0], grid.inv_cell_size),
@@ -132,21 +143,37 @@ SK_HD void grid_knn3_point(const float4* __restrict__ sorted_points,
     const int z0 = imax(c[2] - r, 0), z1 = imin(c[2] + r, dz - 1);
     for (int z = z0; z <= z1; ++z) {
       const bool z_face = (z == c[2] - r) || (z == c[2] + r);
+      const float gz = slab_gap(t[2], z, dz);
       for (int y = y0; y <= y1; ++y) {
+        const float gy = slab_gap(t[1], y, dy);
+        const float row_d2 = (gy * gy + gz * gz) * h2;  // lower bound for the whole row
+        const float kth = best.kth(k);
+        if (row_d2 >= kth) continue;
+        // Cells of this row that can hold a point closer than the k-th best: [xa, xb].
+        int xa = 0, xb = dx - 1;
+        if (kth < INFINITY) {
+          const float half = sqrtf(kth - row_d2) / h + kGapMarginCells;
+          xa = static_cast<int>(fminf(fmaxf(floorf(t[0] - half), 0.0f), dx - 1.0f));
+          xb = static_cast<int>(fminf(fmaxf(floorf(t[0] + half), 0.0f), dx - 1.0f));
+        }
         const int row = (z * dy + y) * dx;
         if (z_face || y == c[1] - r || y == c[1] + r) {
-          // A row on a face of the ring's cube: all its cells, one contiguous sorted range.
-          scan_range(sorted_points, cell_start[row + x0], cell_start[row + x1 + 1], s, q.x, q.y,
-                     q.z, best);
+          // A row on a face of the ring's cube: its cells [x0, x1], one contiguous sorted range.
+          const int xs = imax(x0, xa), xe = imin(x1, xb);
+          if (xs <= xe) {
+            scan_range(sorted_points, cell_start[row + xs], cell_start[row + xe + 1], s, q.x, q.y,
+                       q.z, best);
+          }
         } else {
           // An inner row (r > 0 here): only its two end cells belong to the ring.
-          if (c[0] - r >= 0) {
-            scan_range(sorted_points, cell_start[row + c[0] - r], cell_start[row + c[0] - r + 1],
-                       s, q.x, q.y, q.z, best);
+          const int xl = c[0] - r, xr = c[0] + r;
+          if (xl >= 0 && xl >= xa && xl <= xb) {
+            scan_range(sorted_points, cell_start[row + xl], cell_start[row + xl + 1], s, q.x, q.y,
+                       q.z, best);
           }
-          if (c[0] + r < dx) {
-            scan_range(sorted_points, cell_start[row + c[0] + r], cell_start[row + c[0] + r + 1],
-                       s, q.x, q.y, q.z, best);
+          if (xr < dx && xr >= xa && xr <= xb) {
+            scan_range(sorted_points, cell_start[row + xr], cell_start[row + xr + 1], s, q.x, q.y,
+                       q.z, best);
           }
         }
       }
@@ -158,7 +185,7 @@ SK_HD void grid_knn3_point(const float4* __restrict__ sorted_points,
       if (c[a] + r < grid.dims[a] - 1) gap = fminf(gap, static_cast<float>(c[a] + r + 1) - t[a]);
     }
     if (gap == INFINITY) break;  // the box covers the whole grid: every point has been seen
-    const float gap_world = (gap - kGapMarginCells) * grid.cell_size;
+    const float gap_world = (gap - kGapMarginCells) * h;
     if (gap_world > 0.0f && gap_world * gap_world >= best.kth(k)) break;
   }
   out[sorted_to_input[s]] = best.mean(k);

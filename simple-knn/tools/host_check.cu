@@ -89,6 +89,12 @@ int main() {
   { std::vector<float> p(3 * 3000, 0.5f); fails += check("identical points", p); }
   { auto p = uniform(3000, 1.f, 0.f); p[0] = 1e4f; p[1] = -1e4f; fails += check("one far outlier", p); }
   { auto p = uniform(4000, 1e-20f, 1.f); fails += check("tiny extent around 1", p); }
+  for (int seed = 1; seed <= 3; ++seed) {  // blobs of different tightness, many outliers
+    std::vector<float> p;
+    for (int b = 0; b < 6; ++b) { float c[3] = {u(rng), u(rng), u(rng)}; const float sigma = 0.002f * seed * (b + 1);
+      for (int i = 0; i < 800; ++i) for (int a = 0; a < 3; ++a) p.push_back(c[a] + sigma * g(rng)); }
+    for (int i = 0; i < 300 * seed; ++i) for (int a = 0; a < 3; ++a) p.push_back(3.f * seed * u(rng));
+    char name[40]; std::snprintf(name, sizeof(name), "multi-scale blobs seed %d", seed); fails += check(name, p); }
   for (int n = 1; n <= 12; ++n) { char name[32]; std::snprintf(name, sizeof(name), "small n=%d", n); fails += check(name, uniform(n, 1.f, 0.f)); }
   std::printf("%s: %d failed\n", fails ? "FAIL" : "PASS", fails);
   return fails ? 1 : 0;
