@@ -1,0 +1,283 @@
+"""Videos and image grids: H.264 MP4 writing (atomic), decoding, contact sheets, colour maps.
+
+* :func:`write_video` pipes uint8 frames to ffmpeg (imageio-ffmpeg's binary) as H.264 in yuv420p,
+  the format every player accepts, into a temporary file next to the target, renamed when
+  ffmpeg has exited cleanly.
+  yuv420p needs even sizes: an odd width or height is padded by repeating the last column / row
+  (never resized, so pixels stay where the renderer put them).
+* :func:`read_video` decodes a video back to a uint8 array (tests, checks).
+* :func:`contact_sheet` tiles images [R, C, H, W, 3] into one image with optional row / column
+  labels (PIL's default bitmap font: cheap, no font files).
+* :func:`to_uint8`, :func:`quantize`, :func:`depth_to_rgb`, :func:`alpha_to_rgb` turn render outputs
+  into frames.
+
+Light: numpy and torch only at import; imageio-ffmpeg and PIL are imported where used.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from errors import UserError
+from io_utils import atomic_path
+
+DEFAULT_CRF = 18  # x264 constant rate factor: visually lossless for renders, small files
+
+# Stops of a perceptual dark-to-bright colour map (near = bright yellow, far = dark purple),
+# close to matplotlib's "inferno"; interpolated linearly in between.
+_DEPTH_STOPS = np.array(
+    [
+        [0.001, 0.000, 0.014],
+        [0.258, 0.039, 0.406],
+        [0.578, 0.148, 0.404],
+        [0.865, 0.317, 0.226],
+        [0.988, 0.645, 0.040],
+        [0.988, 0.998, 0.645],
+    ],
+    dtype=np.float32,
+)
+
+
+class VideoError(UserError):
+    """A video cannot be written or read."""
+
+
+# ------------------------------------------------------------------------------------------------
+# frames from render outputs
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float images in [0, 1], channels first ([3, H, W] or [B, 3, H, W]) -> uint8 [(B,) H, W, 3]."""
+    images = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    return np.ascontiguousarray(np.moveaxis(images, -3, -1))
+
+
+def quantize(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1], channels last [..., 3] -> uint8 [..., 3]."""
+    return (np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def alpha_to_rgb(alpha: np.ndarray) -> np.ndarray:
+    """Alpha [F, H, W] in [0, 1] -> grey frames float [F, H, W, 3] (opaque = white, empty = black)."""
+    return np.repeat(np.clip(alpha, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
+
+
+def depth_to_rgb(
+    depth: np.ndarray, alpha: np.ndarray, background: Sequence[float], alpha_threshold: float = 0.5
+) -> np.ndarray:
+    """Alpha-weighted depth [F, H, W] -> colour-mapped frames float [F, H, W, 3].
+
+    The expected depth ``depth / alpha`` is normalized to [0, 1] over the pixels of the whole
+    clip where ``alpha > alpha_threshold`` (one range per video, so colours are comparable across
+    its frames), mapped near = bright, far = dark, and composited over ``background`` with alpha.
+    """
+    alpha = np.clip(alpha, 0.0, 1.0)
+    expected = depth / np.maximum(alpha, 1e-6)
+    solid = alpha > alpha_threshold
+    if solid.any():
+        near, far = float(expected[solid].min()), float(expected[solid].max())
+    else:
+        near, far = 0.0, 1.0
+    normalized = np.clip((expected - near) / max(far - near, 1e-8), 0.0, 1.0)
+    colour = colormap(1.0 - normalized)
+    bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 1, 3)
+    return colour * alpha[..., None] + bg * (1.0 - alpha[..., None])
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values [...] in [0, 1] -> RGB [..., 3] float32 (dark purple at 0, bright yellow at 1)."""
+    x = np.clip(values, 0.0, 1.0) * (len(_DEPTH_STOPS) - 1)
+    low = np.minimum(np.floor(x).astype(np.int64), len(_DEPTH_STOPS) - 2)
+    frac = (x - low)[..., None].astype(np.float32)
+    return _DEPTH_STOPS[low] * (1.0 - frac) + _DEPTH_STOPS[low + 1] * frac
+
+
+# ------------------------------------------------------------------------------------------------
+# videos
+
+
+def _check_frames(frames: Sequence[np.ndarray] | np.ndarray, path: str) -> np.ndarray:
+    """Frames as one uint8 array [F, H, W, 3], checked."""
+    if len(frames) == 0:
+        raise VideoError(f"{path}: no frames to write")
+    array = np.stack([np.asarray(f) for f in frames]) if not isinstance(frames, np.ndarray) else frames
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be uint8 [F, H, W, 3], got {array.dtype} {tuple(array.shape)}")
+    return array
+
+
+def pad_to_even(frames: np.ndarray) -> np.ndarray:
+    """[F, H, W, 3] with an odd H or W padded by repeating the last row / column (yuv420p needs even)."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if not (pad_h or pad_w):
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def write_video(path: str, frames: Sequence[np.ndarray] | np.ndarray, fps: float = 10, crf: int = DEFAULT_CRF,
+                preset: str = "medium") -> None:
+    """Write uint8 frames [F, H, W, 3] to ``path`` as H.264 (libx264, yuv420p) MP4, atomically.
+
+    ffmpeg (the imageio-ffmpeg binary) reads raw RGB frames from a pipe; its exit status is checked
+    (imageio-ffmpeg's own writer ignores it and can leave an empty file).
+
+    Args:
+        path: target file (``.mp4``); written under a temporary name in the same folder, then renamed.
+        frames: F frames, uint8 [H, W, 3] each (a list or one array); odd sizes are padded to even.
+        fps: frames per second.
+        crf: x264 quality (0 = lossless luma, 51 = worst; 18 is visually lossless).
+        preset: x264 speed preset (ultrafast ... veryslow).
+    Raises:
+        VideoError: ffmpeg failed (its last message line).
+    """
+    import subprocess
+    import tempfile
+
+    import imageio_ffmpeg
+
+    array = pad_to_even(_check_frames(frames, path))
+    height, width = array.shape[1:3]
+    with atomic_path(path) as tmp:
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+            "-f", "rawvideo", "-vcodec", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+            "-r", f"{float(fps):g}", "-i", "-", "-an",
+            "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", str(preset),
+            "-movflags", "+faststart", "-f", "mp4", tmp,
+        ]
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                for frame in array:
+                    process.stdin.write(np.ascontiguousarray(frame).tobytes())
+            except BrokenPipeError:
+                pass  # ffmpeg stopped early: its exit status and log say why
+            finally:
+                process.stdin.close()
+                status = process.wait()
+            if status != 0:
+                log.seek(0)
+                lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+                reason = lines[0] if lines else f"exit status {status}"
+                raise VideoError(f"{path}: ffmpeg could not write the video ({reason})")
+
+
+def read_video(path: str) -> np.ndarray:
+    """Decode a video to uint8 frames [F, H, W, 3]."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as err:
+        raise VideoError(f"{path} cannot be decoded ({type(err).__name__}); write it again") from err
+    width, height = meta["size"]
+    frames = [np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3) for buf in reader]
+    return np.stack(frames) if frames else np.zeros((0, height, width, 3), np.uint8)
+
+
+def video_info(path: str) -> dict:
+    """ffmpeg's view of a video: ``codec``, ``pix_fmt``, ``fps``, ``size`` (width, height), ``duration``."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as err:
+        raise VideoError(f"{path} cannot be decoded ({type(err).__name__}); write it again") from err
+    finally:
+        reader.close()
+    return {key: meta.get(key) for key in ("codec", "pix_fmt", "fps", "size", "duration")}
+
+
+# ------------------------------------------------------------------------------------------------
+# contact sheets
+
+
+def contact_sheet(
+    images: np.ndarray,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    gap: int = 2,
+    gap_color: Sequence[int] = (128, 128, 128),
+    label_color: Sequence[int] = (0, 0, 0),
+    label_background: Sequence[int] = (255, 255, 255),
+) -> np.ndarray:
+    """Tile images [R, C, H, W, 3] uint8 into one uint8 image, with optional labels.
+
+    Row labels go in a left margin, column labels in a top margin (PIL's default font); tiles are
+    separated by ``gap`` pixels of ``gap_color``.
+
+    Returns:
+        uint8 [R * H + (R + 1) * gap + top, C * W + (C + 1) * gap + left, 3].
+    """
+    images = np.asarray(images)
+    if images.ndim != 5 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"contact_sheet wants uint8 [R, C, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+    rows, cols, height, width = images.shape[:4]
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
+    if column_labels is not None and len(column_labels) != cols:
+        raise ValueError(f"{len(column_labels)} column labels for {cols} columns")
+
+    font = _default_font() if (row_labels or column_labels) else None
+    line_h = _text_size(font, "Ag")[1] + 2 if font is not None else 0
+    left = max((_text_size(font, s)[0] for s in row_labels), default=0) + 8 if row_labels else 0
+    top = line_h + 6 if column_labels else 0
+
+    sheet_h = top + rows * height + (rows + 1) * gap
+    sheet_w = left + cols * width + (cols + 1) * gap
+    sheet = np.empty((sheet_h, sheet_w, 3), dtype=np.uint8)
+    sheet[:] = np.asarray(label_background, dtype=np.uint8)
+    sheet[top:, left:] = np.asarray(gap_color, dtype=np.uint8)
+    for r in range(rows):
+        y = top + gap + r * (height + gap)
+        for c in range(cols):
+            x = left + gap + c * (width + gap)
+            sheet[y:y + height, x:x + width] = images[r, c]
+    if font is None:
+        return sheet
+
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(canvas)
+    fill = tuple(int(v) for v in label_color)
+    for c, text in enumerate(column_labels or ()):
+        text_w = _text_size(font, text)[0]
+        x = left + gap + c * (width + gap) + max(0, (width - text_w) // 2)
+        draw.text((x, 3), text, fill=fill, font=font)
+    for r, text in enumerate(row_labels or ()):
+        y = top + gap + r * (height + gap) + max(0, (height - line_h) // 2)
+        draw.text((4, y), text, fill=fill, font=font)
+    return np.asarray(canvas)
+
+
+def _default_font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def _text_size(font, text: str) -> tuple[int, int]:
+    """(width, height) in pixels of ``text`` drawn with ``font``."""
+    left, top, right, bottom = font.getbbox(text)
+    return int(right - left), int(bottom - top)
+
+
+__all__ = [
+    "DEFAULT_CRF",
+    "VideoError",
+    "alpha_to_rgb",
+    "colormap",
+    "contact_sheet",
+    "depth_to_rgb",
+    "pad_to_even",
+    "quantize",
+    "read_video",
+    "to_uint8",
+    "video_info",
+    "write_video",
+]

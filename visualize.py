@@ -1,0 +1,512 @@
+"""Render a trained STAG4D model: orbit videos and a contact sheet (SPEC section 8).
+
+    python visualize.py --config configs/stag4d.yaml path=dataset/NAME save_path=NAME \\
+        [load_step=N] [frames=N] [resolution=R] [elevation=E] [background=white|black|[r,g,b]] \\
+        [modes=[image,depth,alpha]] [sheet_times=4] [sheet_azimuths=[0,60,120,180,240,300]] \\
+        [sheet_size=S] [chunk=8] [gui=True]
+
+Loads ``<outdir>/<save_path>/<step>/`` (model.ply + deformation.pt; the latest saved step unless
+``load_step``) and writes to ``<valid_dir>/<save_path>/``:
+
+* ``video_<track>.mp4`` (H.264, yuv420p) for the five tracks of the released ``visualize.py``:
+  ``front`` (azimuth 0), ``back`` (180), ``front_moving`` (from -30, +2 degrees per frame),
+  ``back_moving`` (from 150, +2 per frame) and ``round`` (360 / F degrees per frame), all at the
+  config's ``elevation``, ``radius`` and ``fovy``, ``resolution`` pixels (default ``ref_size``),
+  ``video_fps`` frames per second;
+* with ``modes`` holding ``depth`` / ``alpha``: ``video_<track>_depth.mp4`` (expected depth,
+  normalized per video over the object's pixels, near = bright) / ``video_<track>_alpha.mp4``;
+* ``contact_sheet.png``: rows = ``sheet_times`` evenly spaced training frames, columns =
+  ``sheet_azimuths``, tiles of ``sheet_size`` pixels (default min(resolution, 256)), labelled.
+
+Times: by default the T training frames at t = i / T. ``frames=N`` renders N times evenly spaced
+in [0, (T - 1) / T] instead (the deformation field is continuous in time). T is ``num_frames`` when
+set, else the one the run was trained with (its config.yaml, its frames/ folder), else the number
+of frames in ``path``/ref/.
+
+Rendering is batched: one deformation call for ``chunk`` times, then one ``render_batch`` for
+those times seen by every track. ``gui=True`` opens the viewer (viewer.py) on the saved model
+instead of writing files.
+
+Everything after ``--config`` is a dotted override: the keys above that are not run-config keys
+belong to this script (:class:`VisualizeOptions`), the others go to config_utils.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+import cam_utils
+import video_utils
+from cam_utils import Camera
+from errors import UserError, exit_on_user_error
+
+MODES = ("image", "depth", "alpha")
+# (name, start azimuth, degrees per frame); None = one full turn over the clip (360 / F).
+VIDEO_TRACKS: tuple[tuple[str, float, Optional[float]], ...] = (
+    ("front", 0.0, 0.0),
+    ("back", 180.0, 0.0),
+    ("front_moving", -30.0, 2.0),
+    ("back_moving", 150.0, 2.0),
+    ("round", 0.0, None),
+)
+BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+MODEL_FILES = ("model.ply", "deformation.pt")
+
+
+class VisualizeError(UserError):
+    """A bad option of visualize.py or a missing saved model."""
+
+
+@dataclass
+class VisualizeOptions:
+    """Settings of this script (the ``key=value`` overrides that are not run-config keys)."""
+
+    load_step: Optional[int] = None  # None = the latest saved step
+    frames: Optional[int] = None  # None = the T training frames; N = N interpolated times
+    resolution: Optional[int] = None  # None = ref_size
+    background: Any = "white"  # white | black | [r, g, b] in [0, 1]
+    modes: list = field(default_factory=lambda: ["image"])
+    sheet_times: int = 4  # contact sheet rows (0 = no contact sheet)
+    sheet_azimuths: list = field(default_factory=lambda: [0.0, 60.0, 120.0, 180.0, 240.0, 300.0])
+    sheet_size: Optional[int] = None  # None = min(resolution, 256)
+    chunk: int = 8  # times per deformation call
+
+
+OPTION_KEYS = tuple(f.name for f in fields(VisualizeOptions))
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[str, list[str]]:
+    parser = argparse.ArgumentParser(
+        description="Render a trained STAG4D model: five orbit videos and a contact sheet (or open the viewer).",
+        epilog="example: python visualize.py --config configs/stag4d.yaml path=dataset/minions save_path=minions frames=60",
+    )
+    parser.add_argument("--config", default="configs/stag4d.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help=f"run-config overrides, or this script's keys: {', '.join(OPTION_KEYS)}")
+    args = parser.parse_args(argv)
+    return args.config, list(args.overrides)
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], VisualizeOptions]:
+    """(run-config overrides, this script's options) from ``key=value`` items."""
+    from omegaconf import OmegaConf
+
+    config_items, own_items = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise VisualizeError(f"argument '{item}' is not key=value (e.g. save_path=run1 or frames=60)")
+        (own_items if item.split("=", 1)[0].strip() in OPTION_KEYS else config_items).append(item)
+    try:
+        own = OmegaConf.to_container(OmegaConf.from_dotlist(own_items)) if own_items else {}
+    except Exception as err:  # omegaconf's grammar errors come in several classes
+        raise VisualizeError(f"cannot parse {own_items}: {str(err).strip().splitlines()[0]}") from None
+    return config_items, make_options(**own)
+
+
+def make_options(**values: Any) -> VisualizeOptions:
+    """Validated :class:`VisualizeOptions` (``modes`` and ``sheet_azimuths`` may be single values)."""
+    opts = VisualizeOptions(**values)
+    if isinstance(opts.modes, str):
+        opts.modes = [opts.modes]
+    opts.modes = list(opts.modes)
+    unknown = [m for m in opts.modes if m not in MODES]
+    if unknown or not opts.modes:
+        raise VisualizeError(f"modes={opts.modes}: choose one or more of {', '.join(MODES)}, e.g. modes=[image,depth]")
+    if not isinstance(opts.sheet_azimuths, (list, tuple)):
+        opts.sheet_azimuths = [opts.sheet_azimuths]
+    try:
+        opts.sheet_azimuths = [float(a) for a in opts.sheet_azimuths]
+    except (TypeError, ValueError):
+        raise VisualizeError(f"sheet_azimuths={opts.sheet_azimuths}: give degrees, e.g. [0,90,180,270]") from None
+    for key, minimum in (("load_step", 0), ("frames", 1), ("resolution", 8), ("sheet_size", 8),
+                         ("sheet_times", 0), ("chunk", 1)):
+        value = getattr(opts, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise VisualizeError(f"{key}={value}: give a whole number >= {minimum}")
+    if opts.sheet_times > 0 and not opts.sheet_azimuths:
+        raise VisualizeError("sheet_azimuths=[] with sheet_times > 0: list some azimuths or set sheet_times=0")
+    opts.background = list(parse_background(opts.background))
+    return opts
+
+
+def parse_background(value: Any) -> tuple[float, float, float]:
+    """``white`` / ``black`` / [r, g, b] in [0, 1] -> (r, g, b)."""
+    if isinstance(value, str):
+        if value.lower() in BACKGROUNDS:
+            return BACKGROUNDS[value.lower()]
+    elif isinstance(value, (list, tuple)) and len(value) == 3:
+        try:
+            rgb = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            rgb = None
+        if rgb is not None and all(0.0 <= v <= 1.0 for v in rgb):
+            return rgb  # type: ignore[return-value]
+    raise VisualizeError(f"background={value}: use white, black or [r,g,b] with values in [0, 1]")
+
+
+# ------------------------------------------------------------------------------------------------
+# saved runs
+
+
+def saved_steps(run_folder: str) -> list[int]:
+    """Steps under ``run_folder`` that hold a loadable model (model.ply and deformation.pt), sorted."""
+    steps = []
+    for folder in glob.glob(os.path.join(run_folder, "*")):
+        name = os.path.basename(folder)
+        if name.isdigit() and all(os.path.isfile(os.path.join(folder, f)) for f in MODEL_FILES):
+            steps.append(int(name))
+    return sorted(steps)
+
+
+def find_model_folder(run_folder: str, load_step: Optional[int] = None) -> tuple[str, int]:
+    """(folder, step) of the model to render: ``load_step``, or the latest saved step.
+
+    Raises:
+        VisualizeError: nothing saved there (lists the runs next to it) or no such step (lists the
+            saved steps); one line.
+    """
+    steps = saved_steps(run_folder)
+    if not steps:
+        parent = os.path.dirname(os.path.normpath(run_folder)) or "."
+        runs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(parent, "*")) if saved_steps(p))
+        found = f"runs with a saved model in {parent}/: {', '.join(runs)}" if runs else f"no saved runs in {parent}/"
+        raise VisualizeError(
+            f"no saved model (<step>/model.ply + deformation.pt) under {run_folder}; {found}; "
+            "train with main.py first or fix save_path="
+        )
+    if load_step is None:
+        return os.path.join(run_folder, str(steps[-1])), steps[-1]
+    if load_step not in steps:
+        raise VisualizeError(f"{os.path.join(run_folder, str(load_step))} holds no saved model; saved steps: "
+                             f"{', '.join(map(str, steps))} (pick one with load_step= or omit it for the latest)")
+    return os.path.join(run_folder, str(load_step)), load_step
+
+
+def _saved_config(model_folder: str):
+    """The run's config.yaml as a DictConfig, or None when absent or unreadable."""
+    path = os.path.join(model_folder, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except Exception:  # a damaged file only costs the hints it would give
+        return None
+
+
+def frame_count(cfg, model_folder: str) -> int:
+    """T, the number of training frames: ``num_frames``, else the run's config.yaml, its frames/
+    folder, the dataset's ref/ (``path``, or the run's), in this order.
+    """
+    if cfg.get("num_frames") is not None:
+        return int(cfg.num_frames)
+    saved = _saved_config(model_folder)
+    if saved is not None and saved.get("num_frames") is not None:
+        return int(saved.num_frames)
+    exported = glob.glob(os.path.join(model_folder, "frames", "*.ply"))
+    if exported:
+        return len(exported)
+    import data_loader
+
+    paths = [_config_path(cfg)] + ([str(saved.get("path"))] if saved is not None and saved.get("path") else [])
+    for path in paths:
+        if path and os.path.isdir(os.path.join(path, "ref")):
+            return len(data_loader.list_ref_frames(path))
+    raise VisualizeError(f"cannot tell the frame count T of the run in {model_folder}: add num_frames=T "
+                         "(or path=dataset/NAME with its ref/ frames)")
+
+
+def _config_path(cfg) -> Optional[str]:
+    from omegaconf import OmegaConf
+
+    return None if OmegaConf.is_missing(cfg, "path") else str(cfg.path)
+
+
+def warn_config_differences(model_folder: str, cfg) -> None:
+    """Print a warning when the cameras here differ from the ones the run was trained with."""
+    saved = _saved_config(model_folder)
+    if saved is None:
+        return
+    from omegaconf import OmegaConf
+
+    def plain(value):
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+    for key in ("radius", "fovy", "elevation"):
+        if key in saved and plain(saved[key]) != plain(cfg[key]):
+            print(f"warning: {key}={plain(cfg[key])} here but the run was trained with {key}={plain(saved[key])} "
+                  f"({model_folder}/config.yaml)", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------
+# times and cameras
+
+
+def training_times(num_frames: int) -> list[float]:
+    """The T training times t = i / T."""
+    return [i / num_frames for i in range(num_frames)]
+
+
+def interpolated_times(num_frames: int, count: int) -> list[float]:
+    """``count`` times evenly spaced in [0, (T - 1) / T] (first and last training frame included)."""
+    last = (num_frames - 1) / num_frames
+    if count == 1:
+        return [0.0]
+    return [last * j / (count - 1) for j in range(count)]
+
+
+def orbit_track(start_azimuth: float, degrees_per_frame: float, num: int, elevation: float, radius: float,
+                fovy: float, size: int, device: torch.device | str = "cpu") -> list[Camera]:
+    """``num`` square cameras on the orbit: frame f at azimuth ``start + f * degrees_per_frame``."""
+    return [Camera.orbit(elevation, start_azimuth + f * degrees_per_frame, radius, fovy, size, device=device)
+            for f in range(num)]
+
+
+def video_tracks(num: int, elevation: float, radius: float, fovy: float, size: int,
+                 device: torch.device | str = "cpu") -> dict[str, list[Camera]]:
+    """The five tracks of :data:`VIDEO_TRACKS`, ``num`` cameras each (``round`` turns 360 / num per frame)."""
+    tracks = {}
+    for name, start, step in VIDEO_TRACKS:
+        per_frame = 360.0 / num if step is None else step
+        tracks[name] = orbit_track(start, per_frame, num, elevation, radius, fovy, size, device)
+    return tracks
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering
+
+
+@torch.no_grad()
+def render_tracks(
+    model,
+    tracks: dict[str, Sequence[Camera]],
+    times: Sequence[float],
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    backend: str = "auto",
+    modes: Sequence[str] = ("image",),
+    chunk: int = 8,
+    progress: bool = True,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Render every track at every time: frame f of a track is its camera f at ``times[f]``.
+
+    The model is deformed once per ``chunk`` of times (``gaussians_at_times``) and those Gaussians
+    serve every track (one ``render_batch`` per chunk for all tracks).
+
+    Args:
+        model: a ``GaussianModel4D`` (its device is used).
+        tracks: name -> F cameras (F = len(times)).
+        times: F normalized times.
+        background: RGB in [0, 1] behind the image (and the depth map).
+        modes: subset of ``image``, ``depth``, ``alpha``.
+    Returns:
+        name -> mode -> uint8 frames [F, H, W, 3].
+    """
+    from tqdm import tqdm
+
+    from rasterizer.render import render_batch
+
+    num = len(times)
+    for name, cameras in tracks.items():
+        if len(cameras) != num:
+            raise ValueError(f"track {name} has {len(cameras)} cameras for {num} times")
+    device = model.device
+    bg = torch.tensor([float(c) for c in background], dtype=torch.float32, device=device)
+    images = {name: [] for name in tracks}
+    depths = {name: [] for name in tracks}
+    alphas = {name: [] for name in tracks}
+    names = list(tracks)
+    with tqdm(total=num, desc="render", unit="frame", disable=not progress, leave=False) as bar:
+        for start in range(0, num, chunk):
+            chunk_times = [float(t) for t in times[start:start + chunk]]
+            gaussians = model.gaussians_at_times(chunk_times)
+            batch_gaussians, batch_cameras = [], []
+            for name in names:
+                for offset, time in enumerate(chunk_times):
+                    batch_gaussians.append(gaussians[offset])
+                    batch_cameras.append(tracks[name][start + offset].with_time(time).to(device))
+            outputs = render_batch(batch_gaussians, batch_cameras, bg.expand(len(batch_cameras), 3), backend=backend)
+            for k, name in enumerate(names):
+                outs = outputs[k * len(chunk_times):(k + 1) * len(chunk_times)]
+                if "image" in modes:
+                    images[name].append(video_utils.to_uint8(torch.stack([o.image for o in outs])))
+                if "depth" in modes or "alpha" in modes:
+                    alphas[name].append(torch.stack([o.alpha[0] for o in outs]).float().cpu().numpy())
+                if "depth" in modes:
+                    depths[name].append(torch.stack([o.depth[0] for o in outs]).float().cpu().numpy())
+            bar.update(len(chunk_times))
+
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for name in names:
+        result[name] = {}
+        if "image" in modes:
+            result[name]["image"] = np.concatenate(images[name])
+        if "depth" in modes:
+            rgb = video_utils.depth_to_rgb(np.concatenate(depths[name]), np.concatenate(alphas[name]), background)
+            result[name]["depth"] = video_utils.quantize(rgb)
+        if "alpha" in modes:
+            result[name]["alpha"] = video_utils.quantize(video_utils.alpha_to_rgb(np.concatenate(alphas[name])))
+    return result
+
+
+def render_orbit_frames(model, cameras: Sequence[Camera], times: Sequence[float],
+                        background: Sequence[float] = (1.0, 1.0, 1.0), backend: str = "auto",
+                        modes: Sequence[str] = ("image",), chunk: int = 8, progress: bool = True) -> dict[str, np.ndarray]:
+    """One track: camera f at ``times[f]`` -> mode -> uint8 frames [F, H, W, 3] (see :func:`render_tracks`)."""
+    return render_tracks(model, {"track": cameras}, times, background, backend, modes, chunk, progress)["track"]
+
+
+def sheet_frame_indices(num_frames: int, rows: int) -> list[int]:
+    """``rows`` training frames evenly spaced from the first to the last (distinct when T allows)."""
+    rows = min(rows, num_frames)
+    if rows == 1:
+        return [0]
+    return sorted({round(j * (num_frames - 1) / (rows - 1)) for j in range(rows)})
+
+
+def contact_sheet(model, num_frames: int, azimuths: Sequence[float], rows: int, elevation: float, radius: float,
+                  fovy: float, size: int, background: Sequence[float] = (1.0, 1.0, 1.0), backend: str = "auto",
+                  chunk: int = 8, progress: bool = True) -> np.ndarray:
+    """Grid of renders: rows = ``rows`` evenly spaced training frames, columns = ``azimuths``.
+
+    Returns:
+        uint8 image [H', W', 3] with labels (frame index and time per row, azimuth per column).
+    """
+    frame_ids = sheet_frame_indices(num_frames, rows)
+    times = [i / num_frames for i in frame_ids]
+    tracks = {f"az{k}": orbit_track(float(a), 0.0, len(times), elevation, radius, fovy, size, model.device)
+              for k, a in enumerate(azimuths)}
+    frames = render_tracks(model, tracks, times, background, backend, ("image",), chunk, progress)
+    tiles = np.stack([np.stack([frames[f"az{k}"]["image"][r] for k in range(len(azimuths))])
+                      for r in range(len(times))])
+    row_labels = [f"frame {i}  t={t:.2f}" for i, t in zip(frame_ids, times)]
+    column_labels = [f"azimuth {a:g}" for a in azimuths]
+    return video_utils.contact_sheet(tiles, row_labels, column_labels)
+
+
+def write_outputs(model, cfg, opts: VisualizeOptions, num_frames: int, out_folder: str,
+                  progress: bool = True) -> list[str]:
+    """Render and write the videos (and the contact sheet) into ``out_folder``; returns the paths."""
+    from io_utils import save_image
+
+    size = int(opts.resolution or cfg.ref_size)
+    times = training_times(num_frames) if opts.frames is None else interpolated_times(num_frames, int(opts.frames))
+    elevation, radius, fovy = float(cfg.elevation), float(cfg.radius), float(cfg.fovy)
+    tracks = video_tracks(len(times), elevation, radius, fovy, size, model.device)
+    frames = render_tracks(model, tracks, times, opts.background, str(cfg.backend), opts.modes, opts.chunk, progress)
+    written = []
+    for name in tracks:
+        for mode in opts.modes:
+            suffix = "" if mode == "image" else f"_{mode}"
+            path = os.path.join(out_folder, f"video_{name}{suffix}.mp4")
+            video_utils.write_video(path, frames[name][mode], int(cfg.video_fps))
+            written.append(path)
+    if opts.sheet_times > 0:
+        sheet_size = int(opts.sheet_size or min(size, 256))
+        sheet = contact_sheet(model, num_frames, opts.sheet_azimuths, opts.sheet_times, elevation, radius, fovy,
+                              sheet_size, opts.background, str(cfg.backend), opts.chunk, progress)
+        path = os.path.join(out_folder, "contact_sheet.png")
+        save_image(path, sheet)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# viewer on a saved model
+
+
+class SavedModelSession:
+    """What the viewer drives when there is nothing to train: a loaded model and its render.
+
+    Offers the trainer's viewing interface (``cfg``, ``model``, ``device``, ``backend``,
+    ``num_frames``, ``step``, ``run_folder``, ``frame_time(i)``, ``render(...)``) with
+    ``training = False``: no ``train_step``.
+    """
+
+    training = False
+
+    def __init__(self, model, cfg, num_frames: int, step: int, run_folder: str):
+        self.model, self.cfg = model, cfg
+        self.device = model.device
+        self.backend = str(cfg.backend)
+        self.num_frames, self.step, self.run_folder = num_frames, step, run_folder
+
+    def frame_time(self, frame: int) -> float:
+        """Normalized time of a frame: t = i / T."""
+        return frame / self.num_frames
+
+    @torch.no_grad()
+    def render(self, camera: Camera, time: Optional[float] = None, background: Sequence[float] = (1.0, 1.0, 1.0),
+               scale_modifier: float = 1.0):
+        """RenderOutput of the model from ``camera`` at ``time`` (None = canonical Gaussians)."""
+        from rasterizer import render
+
+        gaussians = self.model.gaussians_at(time)
+        if time is not None:
+            camera = camera.with_time(float(time))
+        bg = torch.tensor([float(c) for c in background], device=self.device)
+        return render(gaussians, camera.to(self.device), bg, backend=self.backend, scale_modifier=scale_modifier)
+
+
+# ------------------------------------------------------------------------------------------------
+# entry point
+
+
+def load_config(config_path: str, overrides: Sequence[str]):
+    """(run config, options) from the command line; ``path`` may be left out when ``save_path`` is given."""
+    from config_utils import load_config as load_run_config
+
+    config_items, opts = split_overrides(overrides)
+    has_save_path = any(item.split("=", 1)[0].strip() == "save_path" for item in config_items)
+    cfg = load_run_config(config_path, config_items, require_path=not has_save_path)
+    if not cfg.save_path:
+        raise VisualizeError("no run given: add save_path=NAME (the run under logs/) or path=dataset/NAME")
+    return cfg, opts
+
+
+def run(cfg, opts: VisualizeOptions, progress: bool = True) -> list[str]:
+    """Load the saved model and write the outputs (or open the viewer with ``gui``); returns the paths."""
+    from gs_renderer import GaussianModel4D
+    from trainer import resolve_device
+
+    viewer = None
+    if cfg.gui:
+        from main import import_viewer
+
+        viewer = import_viewer()  # fails in one line before any loading
+    device = resolve_device(str(cfg.device))
+    run_folder = os.path.join(str(cfg.outdir), str(cfg.save_path))
+    folder, step = find_model_folder(run_folder, opts.load_step)
+    warn_config_differences(folder, cfg)
+    num_frames = frame_count(cfg, folder)
+    model = GaussianModel4D.load(folder, device)
+    model.eval()
+    if viewer is not None:
+        viewer.run_viewer(SavedModelSession(model, cfg, num_frames, step, run_folder), cfg)
+        return []
+    out_folder = os.path.join(str(cfg.valid_dir), str(cfg.save_path))
+    print(f"rendering {folder} ({model.num} Gaussians, T={num_frames}) to {out_folder}/", file=sys.stderr)
+    return write_outputs(model, cfg, opts, num_frames, out_folder, progress)
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    config_path, overrides = parse_args(argv)
+    cfg, opts = load_config(config_path, overrides)
+    for path in run(cfg, opts):
+        print(path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
