@@ -42,7 +42,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-import cam_utils
 import video_utils
 from cam_utils import Camera
 from errors import UserError, exit_on_user_error
