@@ -24,7 +24,8 @@ set, else the one the run was trained with (its config.yaml, its frames/ folder)
 of frames in ``path``/ref/.
 
 Rendering is batched: one deformation call for ``chunk`` times, then one ``render_batch`` for
-those times seen by every track. ``gui=True`` opens the viewer (viewer.py) on the saved model
+those times seen by every track. ``gui=True`` opens the viewer (``viewer.run_viewer``, view only,
+with the dataset's frames as the reference overlay when ``path`` has them) on the saved model
 instead of writing files.
 
 Everything after ``--config`` is a dotted override: the keys above that are not run-config keys
@@ -425,37 +426,24 @@ def write_outputs(model, cfg, opts: VisualizeOptions, num_frames: int, out_folde
 # viewer on a saved model
 
 
-class SavedModelSession:
-    """What the viewer drives when there is nothing to train: a loaded model and its render.
-
-    Offers the trainer's viewing interface (``cfg``, ``model``, ``device``, ``backend``,
-    ``num_frames``, ``step``, ``run_folder``, ``frame_time(i)``, ``render(...)``) with
-    ``training = False``: no ``train_step``.
+def reference_frames(cfg, num_frames: int):
+    """The dataset's frames (``data_loader.FrameData``) for the viewer's reference overlay, or None
+    when ``path`` is not given or has no ref/ (the viewer then shows the model alone).
     """
+    path = _config_path(cfg)
+    if not path or not os.path.isdir(os.path.join(path, "ref")):
+        return None
+    import data_loader
 
-    training = False
+    return data_loader.load_frames(path, int(cfg.ref_size), int(cfg.anchor_size), num_frames, require_anchors=False,
+                                   num_anchor_views=len(cfg.anchor_views))
 
-    def __init__(self, model, cfg, num_frames: int, step: int, run_folder: str):
-        self.model, self.cfg = model, cfg
-        self.device = model.device
-        self.backend = str(cfg.backend)
-        self.num_frames, self.step, self.run_folder = num_frames, step, run_folder
 
-    def frame_time(self, frame: int) -> float:
-        """Normalized time of a frame: t = i / T."""
-        return frame / self.num_frames
-
-    @torch.no_grad()
-    def render(self, camera: Camera, time: Optional[float] = None, background: Sequence[float] = (1.0, 1.0, 1.0),
-               scale_modifier: float = 1.0):
-        """RenderOutput of the model from ``camera`` at ``time`` (None = canonical Gaussians)."""
-        from rasterizer import render
-
-        gaussians = self.model.gaussians_at(time)
-        if time is not None:
-            camera = camera.with_time(float(time))
-        bg = torch.tensor([float(c) for c in background], device=self.device)
-        return render(gaussians, camera.to(self.device), bg, backend=self.backend, scale_modifier=scale_modifier)
+def open_viewer(viewer, model, cfg, num_frames: int) -> None:
+    """``viewer.run_viewer`` on the loaded model (view only), with the frame count T filled in."""
+    view_cfg = cfg.copy()
+    view_cfg.num_frames = num_frames
+    viewer.run_viewer(model, view_cfg, data=reference_frames(view_cfg, num_frames))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -492,7 +480,7 @@ def run(cfg, opts: VisualizeOptions, progress: bool = True) -> list[str]:
     model = GaussianModel4D.load(folder, device)
     model.eval()
     if viewer is not None:
-        viewer.run_viewer(SavedModelSession(model, cfg, num_frames, step, run_folder), cfg)
+        open_viewer(viewer, model, cfg, num_frames)
         return []
     out_folder = os.path.join(str(cfg.valid_dir), str(cfg.save_path))
     print(f"rendering {folder} ({model.num} Gaussians, T={num_frames}) to {out_folder}/", file=sys.stderr)

@@ -286,16 +286,28 @@ def test_options():
 def test_gui_opens_the_viewer_on_the_saved_model(workspace, monkeypatch):
     calls = []
     fake = types.ModuleType("viewer")
-    fake.run_viewer = lambda session, cfg: calls.append((session, cfg))
+    fake.run_viewer = lambda target, cfg=None, data=None, **kwargs: calls.append((target, cfg, data))
     monkeypatch.setitem(sys.modules, "viewer", fake)
     cfg, opts = visualize.load_config(CONFIG, cli_args(workspace, "gui=True")[2:])
     assert visualize.run(cfg, opts, progress=False) == []
-    (session, _), = calls
-    assert session.step == 10 and session.num_frames == T and session.training is False
-    assert session.frame_time(2) == 0.5
-    camera = cam_utils.Camera.orbit(0.0, 0.0, size=SIZE)
-    out = session.render(camera, 0.25)
-    assert np.abs(image_u8(out).astype(int) - image_u8(direct_render(tiny_model(0, 0.3), 0.0, 0.25))).max() <= 1
+    (model, view_cfg, data), = calls
+    assert isinstance(model, GaussianModel4D) and not hasattr(model, "train_step")
+    assert view_cfg.num_frames == T and data is None  # no dataset given: no reference overlay
+    with torch.no_grad():  # the latest step (10): the shifted model
+        assert torch.allclose(model.means, tiny_model(0, shift=0.3).means)
+
+
+def test_viewer_reference_overlay_comes_from_the_dataset(tmp_path):
+    from config_utils import load_config
+    from io_utils import save_image
+
+    for i in range(5):
+        save_image(str(tmp_path / "ref" / f"{i}_rgba.png"), np.full((12, 12, 4), 40 * i, np.uint8))
+    cfg = load_config(CONFIG, [f"path={tmp_path}", "ref_size=8"])
+    data = visualize.reference_frames(cfg, 3)
+    assert data.num_frames == 3 and tuple(data.ref_rgb.shape) == (3, 3, 8, 8)
+    cfg.path = str(tmp_path / "elsewhere")
+    assert visualize.reference_frames(cfg, 3) is None
 
 
 def test_gui_without_viewer_is_one_line(workspace, monkeypatch):
