@@ -7,25 +7,32 @@ images and gradients of the two backends agree:
   the Gaussian centre clamped to 1.3x the field of view, plus a 0.3 px low-pass (``eps2d``) on the
   diagonal; Gaussians with depth outside [near, far] or a non-positive determinant are culled.
 * Screen bounds: gsplat's opacity-aware box, per axis ``ceil(extend * sqrt(Sigma2d_ii))`` with
-  ``extend = min(3.33, sqrt(2 log(255 opacity)))``; this box holds exactly the pixels where the
-  Gaussian's alpha can reach 1/255, so only (Gaussian, pixel) pairs inside it are evaluated.
+  ``extend = min(3.33, sqrt(2 log(255 opacity)))`` (this box, not a 3-sigma eigenvalue circle, is
+  what gsplat 1.5.3 computes); ``radii`` reports the larger of the two axes.
 * Compositing: pixel centres at ``(u + 0.5, v + 0.5)``, front to back by camera depth (ties by
   index), ``alpha = min(0.999, opacity * exp(-0.5 d^T Sigma2d^-1 d))``, pairs with alpha < 1/255
   skipped, a pixel stops before the Gaussian that would bring its transmittance to 1e-4 or below,
   background added as ``T_final * bg``, depth = sum of ``w_i * z_i`` (not normalized).
 
+Which pixels are evaluated: alpha >= 1/255 holds exactly inside the ellipse
+``0.5 d^T Sigma2d^-1 d <= log(255 opacity)``, which the box encloses; gsplat tests every pixel of
+the 16x16 tiles the box touches, we enumerate per image row only the span of columns inside that
+ellipse (slightly widened) and apply the same alpha test, so the same pairs contribute.
+
 Vectorization: the (Gaussian, pixel) pairs of a band of image rows are generated at once, sorted by
 (pixel, depth) with one integer sort, and composited with a segmented cumulative sum of
 ``log(1 - alpha)`` (in float64, so that subtracting the running sum at each pixel's start is
 exact). A first pass without autograd finds the pairs that contribute (alpha >= 1/255, before
-termination); only those enter the autograd graph. Bands hold at most ``pair_budget`` pairs; when
-an image needs several bands, each band is checkpointed (recomputed in backward), so memory stays
-bounded at any resolution.
+termination); only those enter the autograd graph. Per-Gaussian attributes are kept channel-first
+([C, V]) so that gathers and their backward scatters run on contiguous rows. Bands hold at most
+``pair_budget`` pairs; when an image needs several bands, each band is checkpointed (recomputed in
+backward), so memory stays bounded at any resolution.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -40,7 +47,8 @@ ALPHA_MAX = 0.999  # alpha clamp (gsplat 1.5.3)
 TRANSMITTANCE_MIN = 1e-4  # a pixel stops before its transmittance would reach this
 MAX_EXTEND = 3.33  # cap of the box half-size in standard deviations (gsplat 1.5.3)
 FOV_CLAMP = 0.3  # the Jacobian is evaluated within (1 + FOV_CLAMP) x the half field of view
-DEFAULT_PAIR_BUDGET = 1 << 21  # (Gaussian, pixel) pairs per band of rows
+# (Gaussian, pixel) pairs per band of rows (about 150 bytes of autograd state each)
+PAIR_BUDGET = {"cpu": 1 << 21, "cuda": 1 << 24}
 FEATURES = 4  # composited per pair: RGB + depth
 
 
@@ -195,17 +203,48 @@ def pixel_boxes(means2d: torch.Tensor, radii: torch.Tensor, width: int, height: 
                         lo[:, 1].clamp_min(0), hi[:, 1].clamp_max(height - 1)], dim=-1)
 
 
-def plan_bands(boxes: torch.Tensor, height: int, pair_budget: int) -> list[tuple[int, int]]:
-    """Split the rows into bands [(r0, r1)) of at most ``pair_budget`` pairs (one row at least)."""
-    widths = (boxes[:, 1] - boxes[:, 0] + 1).clamp_min(0)
+@torch.no_grad()
+def row_spans(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, boxes: torch.Tensor,
+              margin: float = 1e-3) -> torch.Tensor:
+    """Per (Gaussian, image row), the pixels whose centres can get alpha >= 1/255.
+
+    alpha >= 1/255 <=> sigma(d) <= log(255 opacity): in each row of its box an ellipse leaves one
+    span of columns, found by solving the quadratic in dx (in float64, widened by ``margin`` px so
+    that no pixel the float32 alpha test would keep is lost; the test itself decides).
+
+    Args:
+        means2d [V, 2], conics [V, 3], opacities [V] (detached), boxes [V, 4] from pixel_boxes.
+    Returns:
+        [S, 4] int64 rows (gaussian, v, u_lo, u_hi), grouped by Gaussian (front to back), rows
+        ascending; only non-empty spans.
+    """
+    device = boxes.device
     rows_per_box = (boxes[:, 3] - boxes[:, 2] + 1).clamp_min(0)
-    has_pixels = (widths > 0) & (rows_per_box > 0)
-    diff = torch.zeros(height + 1, dtype=torch.int64, device=boxes.device)
-    diff.index_add_(0, boxes[has_pixels, 2], widths[has_pixels])
-    diff.index_add_(0, boxes[has_pixels, 3] + 1, -widths[has_pixels])
-    pairs_per_row = diff[:height].cumsum(0).tolist()
+    gaussian = torch.repeat_interleave(torch.arange(boxes.shape[0], device=device), rows_per_box)
+    first = torch.cumsum(rows_per_box, 0) - rows_per_box
+    v = boxes[gaussian, 2] + torch.arange(gaussian.shape[0], device=device) - first[gaussian]
+    mean = means2d.detach().to(torch.float64)[gaussian]
+    a, b, c = conics.detach().to(torch.float64)[gaussian].unbind(-1)
+    level = torch.log(opacities.detach().to(torch.float64)[gaussian] / ALPHA_MIN)
+    dy = mean[:, 1] - (v.to(torch.float64) + 0.5)  # delta = mean - pixel centre, as gsplat
+    # 0.5 a dx^2 + b dy dx + (0.5 c dy^2 - level) <= 0
+    disc = (b * b - a * c) * dy * dy + 2.0 * a * level
+    root = torch.sqrt(disc.clamp_min(0.0))
+    dx_lo, dx_hi = (-b * dy - root) / a, (-b * dy + root) / a
+    u_lo = torch.ceil(mean[:, 0] - dx_hi - 0.5 - margin).clamp(-1, 1 << 30).to(torch.int64)
+    u_hi = torch.floor(mean[:, 0] - dx_lo - 0.5 + margin).clamp(-1, 1 << 30).to(torch.int64)
+    u_lo = torch.maximum(u_lo, boxes[gaussian, 0])
+    u_hi = torch.minimum(u_hi, boxes[gaussian, 1])
+    nonempty = (disc >= -1e-9 * (a * level).abs()) & (u_lo <= u_hi)
+    return torch.stack([gaussian, v, u_lo, u_hi], dim=-1)[nonempty]
+
+
+def plan_bands(spans: torch.Tensor, height: int, pair_budget: int) -> list[tuple[int, int]]:
+    """Split the rows into bands [(r0, r1)) of at most ``pair_budget`` pairs (one row at least)."""
+    pairs_per_row = torch.zeros(height, dtype=torch.int64, device=spans.device)
+    pairs_per_row.index_add_(0, spans[:, 1], spans[:, 3] - spans[:, 2] + 1)
     bands, start, total = [], 0, 0
-    for row, count in enumerate(pairs_per_row):
+    for row, count in enumerate(pairs_per_row.tolist()):
         if total + count > pair_budget and row > start:
             bands.append((start, row))
             start, total = row, 0
@@ -214,123 +253,131 @@ def plan_bands(boxes: torch.Tensor, height: int, pair_budget: int) -> list[tuple
     return bands
 
 
-def _band_pairs(boxes: torch.Tensor, row0: int, row1: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (Gaussian, pixel) pairs of a band, sorted by pixel then by Gaussian (= depth order).
+def _band_pairs(spans: torch.Tensor, num: int, row0: int, row1: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (Gaussian, pixel) pairs of a band's spans, sorted by pixel then by Gaussian (= depth order).
 
     Args:
-        boxes: [Nb, 4] inclusive pixel ranges of the band's Gaussians (listed front to back).
+        spans: [S, 4] (gaussian, v, u_lo, u_hi) with row0 <= v < row1.
+        num: number of Gaussians (gaussian indices are < num).
     Returns:
-        gaussian [M] int64 index into ``boxes``, pixel [M] int64 index into the band (row-major).
+        gaussian [M] int64, pixel [M] int64 index into the band (row-major).
     """
-    device = boxes.device
-    num = boxes.shape[0]
-    v0 = boxes[:, 2].clamp_min(row0)
-    v1 = boxes[:, 3].clamp_max(row1 - 1)
-    box_w = (boxes[:, 1] - boxes[:, 0] + 1).clamp_min(0)
-    counts = box_w * (v1 - v0 + 1).clamp_min(0)
-    first_pixel = (v0 - row0) * width + boxes[:, 0]
-    gaussian = torch.repeat_interleave(torch.arange(num, device=device), counts)
-    first_pair = torch.cumsum(counts, 0) - counts
-    local = torch.arange(gaussian.shape[0], device=device) - first_pair[gaussian]
-    w = box_w[gaussian]
-    row = torch.div(local, w, rounding_mode="floor")
-    pixel = first_pixel[gaussian] + row * width + (local - row * w)
-    # one unique integer key per pair: unstable sort is deterministic and keeps depth order
+    device = spans.device
+    lengths = spans[:, 3] - spans[:, 2] + 1
+    span = torch.repeat_interleave(torch.arange(spans.shape[0], device=device), lengths)
+    first_pair = torch.cumsum(lengths, 0) - lengths
+    first_pixel = (spans[:, 1] - row0) * width + spans[:, 2]
+    pixel = first_pixel[span] + torch.arange(span.shape[0], device=device) - first_pair[span]
+    gaussian = spans[span, 0]
+    # one unique integer key per pair: an unstable sort is deterministic and keeps depth order
     band_pixels = (row1 - row0) * width
     key_dtype = torch.int32 if band_pixels * max(num, 1) < 2**31 else torch.int64
     key = torch.sort((pixel * num + gaussian).to(key_dtype)).values.to(torch.int64)
     return key % num, key // num
 
 
-def _segment_exclusive_cumsum(values: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
-    """Per-pixel exclusive cumulative sum [M] (float64) of ``values`` [M] grouped by sorted ``pixel``."""
+def _segment_starts(pixel: torch.Tensor, num_pixels: int) -> torch.Tensor:
+    """Index [M] of the first pair of each pair's pixel, for pairs sorted by ``pixel`` [M]."""
+    counts = torch.bincount(pixel, minlength=num_pixels)
+    return (torch.cumsum(counts, 0) - counts)[pixel]
+
+
+def _segment_exclusive_cumsum(values: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """Per-pixel exclusive cumulative sum [M] (float64) of ``values`` [M] (pairs sorted by pixel).
+
+    A global float64 cumulative sum minus its value at each pixel's first pair: float64 keeps the
+    subtraction exact enough (sums of ~1e7 with 1e-16 relative error).
+    """
     values = values.to(torch.float64)
     exclusive = torch.cumsum(values, 0) - values
-    is_start = torch.ones_like(pixel, dtype=torch.bool)
-    is_start[1:] = pixel[1:] != pixel[:-1]
-    positions = torch.arange(pixel.shape[0], device=pixel.device)
-    start = torch.where(is_start, positions, torch.zeros_like(positions)).cummax(0).values
-    return exclusive - exclusive[start]
+    return exclusive - exclusive[starts]
 
 
-def _pair_alpha(gathered: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_alpha(rows: Sequence[torch.Tensor], centre_u: torch.Tensor, centre_v: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha [M] clamped at 0.999, sigma [M]) of each pair.
 
     Args:
-        gathered: [M, >= 6] per-pair copy of the Gaussian's (u, v, conic a, b, c, opacity).
-        centres: [M, 2] pixel centres.
+        rows: per-pair copies [M] of the Gaussian's u, v, a / 2, b, c / 2, opacity, where
+            [[a, b], [b, c]] is the inverse blurred 2D covariance.
+        centre_u, centre_v: [M] pixel centres.
     """
-    dx = gathered[:, 0] - centres[:, 0]
-    dy = gathered[:, 1] - centres[:, 1]
-    sigma = 0.5 * (gathered[:, 2] * dx * dx + gathered[:, 4] * dy * dy) + gathered[:, 3] * dx * dy
-    alpha = torch.clamp_max(gathered[:, 5] * torch.exp(-sigma), ALPHA_MAX)
+    mean_u, mean_v, half_a, b, half_c, opacity = rows[:6]
+    dx = mean_u - centre_u
+    dy = mean_v - centre_v
+    sigma = dx * (half_a * dx + b * dy) + half_c * dy * dy  # 0.5 d^T Sigma^-1 d
+    alpha = torch.clamp_max(opacity * torch.exp(-sigma), ALPHA_MAX)
     return alpha, sigma
 
 
-def _pixel_centres(pixel: torch.Tensor, row0: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """Pixel-centre coordinates [M, 2] (u + 0.5, v + 0.5) of band pixel indices [M]."""
-    u = (pixel % width).to(dtype) + 0.5
-    v = (pixel // width + row0).to(dtype) + 0.5
-    return torch.stack([u, v], dim=-1)
+def _pixel_centres(pixel: torch.Tensor, row0: int, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates (u + 0.5 [M], v + 0.5 [M]) of band pixel indices [M]."""
+    return (pixel % width).to(dtype) + 0.5, (pixel // width + row0).to(dtype) + 0.5
 
 
-def composite_band(attrs: torch.Tensor, boxes: torch.Tensor, row0: int, row1: int, width: int) -> torch.Tensor:
+def composite_band(attrs: torch.Tensor, spans: torch.Tensor, row0: int, row1: int, width: int) -> torch.Tensor:
     """Front-to-back compositing of one band of rows.
 
     Args:
-        attrs: [Nb, 6 + FEATURES] per Gaussian, front to back: mean u, v (px), conic a, b, c,
-            opacity, then the composited features (R, G, B, depth).
-        boxes: [Nb, 4] inclusive pixel ranges (u0, u1, v0, v1).
+        attrs: [6 + FEATURES, V] per Gaussian (columns front to back): mean u, v (px),
+            a / 2, b, c / 2 of the conic [[a, b], [b, c]], opacity, then the composited features
+            (R, G, B, depth). Channel-first, so that gathers and their backward scatters work on
+            contiguous rows.
+        spans: [S, 4] the band's row spans (gaussian, v, u_lo, u_hi), see :func:`row_spans`.
     Returns:
-        [(row1 - row0) * width, FEATURES + 1]: sum of w_i * features_i and the accumulated
+        [FEATURES + 1, (row1 - row0) * width]: sum of w_i * features_i and the accumulated
         alpha (sum of w_i) per pixel, row-major.
     """
     num_pixels = (row1 - row0) * width
-    gaussian, pixel = _band_pairs(boxes, row0, row1, width)
+    gaussian, pixel = _band_pairs(spans, attrs.shape[1], row0, row1, width)
     with torch.no_grad():
-        centres = _pixel_centres(pixel, row0, width, attrs.dtype)
-        alpha, sigma = _pair_alpha(attrs.detach()[:, :6].index_select(0, gaussian), centres)
+        centre_u, centre_v = _pixel_centres(pixel, row0, width, attrs.dtype)
+        alpha, sigma = _pair_alpha(attrs.detach()[:6].index_select(1, gaussian).unbind(0), centre_u, centre_v)
         counted = (sigma >= 0) & (alpha >= ALPHA_MIN)
         log_transmit = torch.log1p(-torch.where(counted, alpha, torch.zeros_like(alpha)))
-        next_t = torch.exp(_segment_exclusive_cumsum(log_transmit, pixel) + log_transmit)
-        keep = torch.nonzero(counted & (next_t > TRANSMITTANCE_MIN)).squeeze(-1)
-        gaussian, pixel, centres = gaussian[keep], pixel[keep], centres[keep]
-    gathered = attrs.index_select(0, gaussian)
-    alpha, _ = _pair_alpha(gathered, centres)
-    transmittance = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pixel)).to(alpha.dtype)
+        # log of the transmittance after each pair; the pixel stops before reaching 1e-4
+        log_after = _segment_exclusive_cumsum(log_transmit, _segment_starts(pixel, num_pixels)) + log_transmit
+        keep = torch.nonzero(counted & (log_after > math.log(TRANSMITTANCE_MIN))).squeeze(-1)
+        gaussian, pixel, centre_u, centre_v = gaussian[keep], pixel[keep], centre_u[keep], centre_v[keep]
+        starts = _segment_starts(pixel, num_pixels)
+    rows = attrs.index_select(1, gaussian).unbind(0)
+    alpha, _ = _pair_alpha(rows, centre_u, centre_v)
+    transmittance = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), starts)).to(alpha.dtype)
     weight = alpha * transmittance
-    per_pair = torch.cat([weight.unsqueeze(-1) * gathered[:, 6:], weight.unsqueeze(-1)], dim=-1)
-    out = torch.zeros(num_pixels, FEATURES + 1, dtype=attrs.dtype, device=attrs.device)
-    return out.index_add(0, pixel, per_pair)
+    per_pair = torch.stack([weight * feature for feature in rows[6:]] + [weight])
+    out = torch.zeros(FEATURES + 1, num_pixels, dtype=attrs.dtype, device=attrs.device)
+    return out.index_add(1, pixel, per_pair)
 
 
-def rasterize(attrs: torch.Tensor, boxes: torch.Tensor, width: int, height: int,
-              pair_budget: int = DEFAULT_PAIR_BUDGET) -> torch.Tensor:
-    """Composite all Gaussians into [height * width, FEATURES + 1], band by band.
+def rasterize(attrs: torch.Tensor, spans: torch.Tensor, width: int, height: int, pair_budget: int) -> torch.Tensor:
+    """Composite all Gaussians into [FEATURES + 1, height * width], band by band.
 
-    ``attrs`` and ``boxes`` as in :func:`composite_band`, for all drawn Gaussians front to back.
-    Bands are checkpointed when there are several, so the autograd graph of one band at a time
-    is held in memory.
+    ``attrs`` and ``spans`` as in :func:`composite_band`, for all drawn Gaussians front to back.
+    Bands are checkpointed when there are several, so that the autograd state of one band at a
+    time is held in memory.
     """
-    bands = plan_bands(boxes, height, pair_budget)
+    bands = plan_bands(spans, height, pair_budget)
     outputs = []
     for row0, row1 in bands:
-        inside = (boxes[:, 2] < row1) & (boxes[:, 3] >= row0) & (boxes[:, 0] <= boxes[:, 1])
-        band_ids = torch.nonzero(inside).squeeze(-1)
-        band_attrs, band_boxes = attrs.index_select(0, band_ids), boxes[band_ids]
-        if len(bands) > 1 and band_attrs.requires_grad:
-            outputs.append(checkpoint(composite_band, band_attrs, band_boxes, row0, row1, width,
-                                      use_reentrant=False))
+        band_spans = spans[(spans[:, 1] >= row0) & (spans[:, 1] < row1)]
+        if len(bands) > 1 and attrs.requires_grad:
+            outputs.append(checkpoint(composite_band, attrs, band_spans, row0, row1, width, use_reentrant=False))
         else:
-            outputs.append(composite_band(band_attrs, band_boxes, row0, row1, width))
-    return torch.cat(outputs, dim=0)
+            outputs.append(composite_band(attrs, band_spans, row0, row1, width))
+    return torch.cat(outputs, dim=1)
 
 
 def render_torch(gaussians: GaussianParams, camera: Camera, background: torch.Tensor,
-                 scale_modifier: float = 1.0, pair_budget: int = DEFAULT_PAIR_BUDGET) -> RenderOutput:
-    """Render one view with the pure-PyTorch rasterizer (see the module docstring for the rules)."""
+                 scale_modifier: float = 1.0, pair_budget: int | None = None) -> RenderOutput:
+    """Render one view with the pure-PyTorch rasterizer (see the module docstring for the rules).
+
+    ``pair_budget``: most (Gaussian, pixel) pairs composited at once (default by device type,
+    :data:`PAIR_BUDGET`); larger images are split into checkpointed bands of rows.
+    """
     means = gaussians.means
     dtype, device = means.dtype, means.device
+    if pair_budget is None:
+        pair_budget = PAIR_BUDGET.get(device.type, PAIR_BUDGET["cuda"])
     cam = Pinhole.from_camera(camera, dtype, device)
     proj = project_gaussians(gaussians, cam, scale_modifier)
     num = gaussians.num
@@ -342,12 +389,13 @@ def render_torch(gaussians: GaussianParams, camera: Camera, background: torch.Te
         means2d.retain_grad()
     colors = colors_of(gaussians, proj.ids, camera.camera_center.to(device=device, dtype=dtype))
     attrs = torch.cat([
-        means2d.index_select(0, proj.ids), proj.conics, proj.opacities.unsqueeze(-1),
-        colors, proj.depths.unsqueeze(-1),
-    ], dim=-1)
+        means2d.index_select(0, proj.ids).T, 0.5 * proj.conics[:, 0:1].T, proj.conics[:, 1:2].T,
+        0.5 * proj.conics[:, 2:3].T, proj.opacities.unsqueeze(0), colors.T, proj.depths.unsqueeze(0),
+    ], dim=0)
     boxes = pixel_boxes(proj.means2d, proj.radii, camera.width, camera.height)
-    accum = rasterize(attrs, boxes, camera.width, camera.height, pair_budget)
-    accum = accum.T.reshape(FEATURES + 1, camera.height, camera.width)
+    spans = row_spans(proj.means2d, proj.conics, proj.opacities, boxes)
+    accum = rasterize(attrs, spans, camera.width, camera.height, pair_budget)
+    accum = accum.reshape(FEATURES + 1, camera.height, camera.width)
 
     alpha = accum[FEATURES:]
     background = background.to(device=device, dtype=dtype).reshape(3, 1, 1)

@@ -15,7 +15,8 @@ from errors import UserError
 from rasterizer import GaussianParams, ndc_grad_norm, render, resolve_backend
 from rasterizer.render import render_batch
 from rasterizer.sh import SH_C0
-from rasterizer.torch_backend import ALPHA_MAX, ALPHA_MIN, Pinhole, project_gaussians, render_torch
+from rasterizer.torch_backend import (ALPHA_MAX, ALPHA_MIN, Pinhole, pixel_boxes, plan_bands, project_gaussians,
+                                      render_torch, row_spans)
 
 F64 = torch.float64
 
@@ -315,12 +316,46 @@ def test_float32_matches_float64():
     torch.testing.assert_close(b.image.double(), a.image, atol=2e-4, rtol=0)
 
 
+def test_row_spans_cover_every_pixel_with_visible_alpha():
+    # thin, rotated, partly off-screen Gaussians: every (Gaussian, pixel) with alpha >= 1/255 in
+    # its box (all that gsplat's tiles could draw) must be in the row spans
+    gaussians = random_scene(300, seed=9, dtype=torch.float32, spread=0.9, scale=(0.002, 0.12))
+    camera = Camera.orbit(5.0, 15.0, 2.0, size=48).with_size(48, 40)
+    cam = Pinhole.from_camera(camera, torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        proj = project_gaussians(gaussians, cam)
+        boxes = pixel_boxes(proj.means2d, proj.radii, 48, 40)
+        spans = row_spans(proj.means2d, proj.conics, proj.opacities, boxes)
+    in_span = set()
+    for g, v, u_lo, u_hi in spans.tolist():
+        in_span.update((g, v, u) for u in range(u_lo, u_hi + 1))
+    visible_pairs, pixels = 0, 0
+    for g in range(len(proj.ids)):
+        u0, u1, v0, v1 = boxes[g].tolist()
+        pixels += max(0, u1 - u0 + 1) * max(0, v1 - v0 + 1)
+        for v in range(v0, v1 + 1):
+            for u in range(u0, u1 + 1):
+                dx = float(proj.means2d[g, 0]) - (u + 0.5)
+                dy = float(proj.means2d[g, 1]) - (v + 0.5)
+                a, b, c = proj.conics[g].tolist()
+                sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+                if float(proj.opacities[g]) * math.exp(-sigma) >= ALPHA_MIN:
+                    visible_pairs += 1
+                    assert (g, v, u) in in_span, (g, v, u)
+    assert visible_pairs > 1000 and len(in_span) < 0.95 * pixels  # spans are tighter than boxes
+    assert len(in_span) < 1.05 * visible_pairs
+
+
 def test_bands_with_checkpointing_equal_one_pass():
     gaussians = random_scene(150, seed=4, dtype=torch.float32, spread=0.5, scale=(0.01, 0.06))
     camera = Camera.orbit(10.0, -40.0, 2.0, size=40)
     background = torch.tensor([0.3, 0.2, 0.1])
+    with torch.no_grad():
+        proj = project_gaussians(gaussians, Pinhole.from_camera(camera, torch.float32, torch.device("cpu")))
+        spans = row_spans(proj.means2d, proj.conics, proj.opacities, pixel_boxes(proj.means2d, proj.radii, 40, 40))
+    assert 4 <= len(plan_bands(spans, 40, 1000)) <= 20
     results = []
-    for budget in (1 << 30, 500):  # one band; many checkpointed bands
+    for budget in (1 << 30, 1000):  # one band; several checkpointed bands
         params = [t.clone().requires_grad_(True) for t in
                   (gaussians.means, gaussians.log_scales, gaussians.quats, gaussians.opacity_logits, gaussians.sh)]
         out = render_torch(GaussianParams(*params[:4], sh=params[4]), camera, background, pair_budget=budget)
