@@ -12,7 +12,8 @@ time does not depend on the weights), a 720x720 RGBA input, 640x960 output, 75 s
 * ``off``: plain Zero123++ (no anchor);
 * ``record``: frame 0 with the anchor recording its self-attention key/value inputs to the CPU;
 * ``replay``: a later frame blending frame 0's records into its own;
-  each of the two with the records in pinned (page-locked) and in pageable host memory.
+  each of the two with the records in pinned (page-locked) and in pageable host memory, and the
+  pinned replay with and without prefetching each step's records on a side stream.
 
 Columns: seconds per frame and extra over ``off``; peak GPU memory (max_memory_allocated) and
 extra; host memory of the records, measured (``TemporalAnchor.nbytes``) and by the formula
@@ -123,7 +124,7 @@ def main() -> int:
     replayed = {}
     for pinned in (True, False):
         label = "pinned" if pinned else "pageable"
-        anchor = TemporalAnchor("record", pin_memory=pinned)
+        anchor = TemporalAnchor("record", pin_memory=pinned, prefetch=pinned)
         record_runs, rss_growth = [], []
         for _ in range(args.repeats):
             anchor.clear()
@@ -135,7 +136,12 @@ def main() -> int:
             records=len(anchor), rss_growth_bytes=rss_growth)
         anchor.set_mode("replay")
         replay_runs = [timed(lambda: generate(frame1, anchor), device) for _ in range(args.repeats)]
-        replayed[label] = add(f"replay ({label})", replay_runs)
+        replayed[label] = add(f"replay ({label}{', prefetch' if pinned else ''})", replay_runs)
+        if pinned:  # the same records, copied when each call needs them
+            anchor.prefetch_enabled = False
+            replay_runs = [timed(lambda: generate(frame1, anchor), device) for _ in range(args.repeats)]
+            replayed["pinned, no prefetch"] = add("replay (pinned)", replay_runs)
+            reserved = anchor.reserved_bytes
         anchor.clear()
 
     factor = pipe.vae_scale_factor
@@ -146,24 +152,27 @@ def main() -> int:
     base_t, base_m = rows["off"]["median_s"], rows["off"]["peak_gpu_bytes"]
     print(f"\nZero123++ v1.1 ({'tiny' if args.tiny else 'full size'}), {width}x{height}, {args.steps} steps, "
           f"guidance 4.0, median of {args.repeats} after warm-up")
-    print(f"{'run':<20}{'s/frame':>9}{'extra s':>9}{'first s':>9}{'peak GPU GiB':>14}{'extra GiB':>11}"
+    print(f"{'run':<27}{'s/frame':>9}{'extra s':>9}{'first s':>9}{'peak GPU GiB':>14}{'extra GiB':>11}"
           f"{'records GiB':>13}")
     for name, row in rows.items():
         first = f"{row['first_s']:.2f}" if "first_s" in row else "-"
         records = f"{row['record_bytes'] / 2**30:.3f}" if "record_bytes" in row else "-"
-        print(f"{name:<20}{row['median_s']:>9.2f}{row['median_s'] - base_t:>+9.2f}{first:>9}"
+        print(f"{name:<27}{row['median_s']:>9.2f}{row['median_s'] - base_t:>+9.2f}{first:>9}"
               f"{row['peak_gpu_bytes'] / 2**30:>14.2f}{(row['peak_gpu_bytes'] - base_m) / 2**30:>+11.2f}{records:>13}")
     measured = rows["record (pinned)"]["record_bytes"]
-    print(f"\nrecords of frame 0: {rows['record (pinned)']['records']} tensors, measured {measured} bytes "
+    print(f"\nrecords of frame 0: {rows['record (pinned)']['records']} self-attention calls, measured {measured} bytes "
           f"({measured / 2**30:.3f} GiB), formula {formula} bytes ({'equal' if formula == measured else 'DIFFERENT'})")
+    print(f"pinned host memory reserved for them: {reserved} bytes ({reserved / 2**30:.3f} GiB)")
     print(f"host RSS growth while recording (pageable): "
           f"{[round(g / 2**30, 2) for g in rows['record (pageable)']['rss_growth_bytes']]} GiB")
     print(f"same seed, repeated frames bit-identical: {deterministic}; "
-          f"pinned and pageable replays identical: {np.array_equal(replayed['pinned'], replayed['pageable'])}")
+          f"replays identical (pinned+prefetch, pinned, pageable): "
+          f"{all(np.array_equal(replayed['pinned'], r) for r in replayed.values())}")
 
     if args.json:
         summary = dict(device=str(device), tiny=args.tiny, width=width, height=height, steps=args.steps,
                        repeats=args.repeats, weights_bytes=weights, formula_record_bytes=formula,
+                       pinned_reserved_bytes=reserved,
                        deterministic=deterministic, rows=rows)
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

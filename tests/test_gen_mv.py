@@ -39,8 +39,8 @@ def make_dataset(root, frames: int = 3, top_level: bool = False) -> str:
     return str(folder)
 
 
-def run_gen_mv(path, model, *extra):
-    argv = ["--path", path, "--model", model, "--device", "cpu", "--steps", str(STEPS), "--matting", "color",
+def run_gen_mv(path, model, *extra, device="cpu"):
+    argv = ["--path", path, "--model", model, "--device", device, "--steps", str(STEPS), "--matting", "color",
             "--width", str(WIDTH), "--height", str(HEIGHT), *extra]
     return gen_mv.main(argv)
 
@@ -184,3 +184,18 @@ def test_frames_to_run_prepends_frame_zero_for_the_anchor():
     assert gen_mv.frames_to_run(frames, {2}, anchored=True) == [(0, "a"), (2, "c")]
     assert gen_mv.frames_to_run(frames, {2}, anchored=False) == [(2, "c")]
     assert gen_mv.frames_to_run(frames, {0, 1}, anchored=True) == [(0, "a"), (1, "b")]
+
+
+@pytest.mark.cuda
+def test_gen_mv_on_cuda_reproduces_and_anchor_changes_later_frames(tmp_path, tiny_model, capsys):
+    """fp16 on the GPU with pinned, prefetched records: deterministic; frame 0 is the same with or without anchor."""
+    path = make_dataset(tmp_path)
+    assert run_gen_mv(path, tiny_model, device="cuda") == 0
+    assert "temporal anchor:" in capsys.readouterr().out
+    anchored = view_bytes(path)
+    assert run_gen_mv(path, tiny_model, "--overwrite", device="cuda") == 0
+    assert all(view_bytes(path)[f][0] == anchored[f][0] for f in anchored)
+    assert run_gen_mv(path, tiny_model, "--overwrite", "--no-temporal-anchor", device="cuda") == 0
+    plain = view_bytes(path)
+    assert all(plain[f][0] == anchored[f][0] for f in anchored if "/0_rgba/" in f)
+    assert any(plain[f][0] != anchored[f][0] for f in anchored if "/0_rgba/" not in f)

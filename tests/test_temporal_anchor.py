@@ -9,6 +9,7 @@ import torch
 
 from errors import ModelUnavailable
 from guidance.zero123pp import AnchorMismatch, TemporalAnchor, record_bytes
+from guidance.zero123pp.temporal_anchor import PinnedArena
 from guidance.zero123pp.pipeline import composite_on_gray, load_pipeline
 from guidance.zero123pp.random_model import save_model_folder
 
@@ -73,8 +74,10 @@ def test_record_then_replay_blends_own_tokens_only():
     anchor = TemporalAnchor("record", pin_memory=False)
     kv0 = torch.randn(2, 7, 4)
     assert anchor("layer", 0, kv0, own_tokens=5) is kv0
-    stored, own = anchor.records[("layer", 0)]
-    assert own == 5 and stored.dtype == torch.float16 and stored.device.type == "cpu"
+    own, reference = anchor.records[("layer", 0)]
+    assert own.shape == (2, 5, 4) and reference.shape == (2, 2, 4)
+    assert own.dtype == torch.float16 and own.device.type == "cpu" and own.is_contiguous()
+    assert torch.equal(anchor.recorded_kv("layer", 0), kv0.half())
     assert anchor.nbytes == 2 * 7 * 4 * 2
 
     anchor.set_mode("replay")
@@ -104,6 +107,37 @@ def test_replay_refuses_what_frame_zero_did_not_record():
     assert anchor("other", 3, kv, own_tokens=2) is kv
     with pytest.raises(ValueError):
         anchor.set_mode("replay_all")
+
+
+def test_arena_carves_aligned_non_overlapping_views():
+    arena = PinnedArena(slab_bytes=1024, align=64, pin_memory=False)
+    a = arena.take((3, 5), torch.float16)  # 30 bytes
+    b = arena.take((2, 100), torch.float32)  # 800 bytes, same slab
+    c = arena.take((100,), torch.float16)  # 200 bytes: does not fit, next slab
+    big = arena.take((600,), torch.float32)  # larger than a slab: its own tensor
+    assert len(arena.slabs) == 2 and arena.reserved_bytes == 2048
+    a.fill_(1.0), b.fill_(2.0), c.fill_(3.0), big.fill_(4.0)
+    assert a.shape == (3, 5) and a.dtype == torch.float16 and bool((a == 1).all())
+    assert bool((b == 2).all()) and bool((c == 3).all()) and big.shape == (600,)
+    assert b.data_ptr() - a.data_ptr() == 64 and c.data_ptr() == arena.slabs[1].data_ptr()
+
+
+@pytest.mark.cuda
+def test_pinned_records_from_the_gpu_replay_exactly():
+    anchor = TemporalAnchor("record", pin_memory=True)
+    kv0 = torch.randn(2, 300, 64, device="cuda", dtype=torch.float16)
+    anchor("layer", 0, kv0, own_tokens=200)
+    anchor.set_mode("replay")
+    kv1 = torch.randn(2, 300, 64, device="cuda", dtype=torch.float16)
+    out = anchor("layer", 0, kv1, own_tokens=200)
+    assert anchor.records[("layer", 0)][0].is_pinned()
+    assert torch.equal(out[:, :200], (kv1[:, :200] + kv0[:, :200]) / 2)
+    assert torch.equal(out[:, 200:], kv1[:, 200:])
+    # prefetched on the side stream: the same result
+    anchor.prefetch(0, "cuda", torch.float16)
+    assert ("layer", 0) in anchor._prefetched
+    assert torch.equal(anchor("layer", 0, kv1, own_tokens=200), out)
+    assert not anchor._prefetched
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,8 +170,8 @@ def test_replay_blends_every_self_attention_call_of_every_step(pipe):
         for step, ((query, kv), (_, ref_kv), (_, kv0)) in enumerate(zip(main, reference, frame0[name])):
             own = query.shape[1]  # L from the hidden states
             own_counts.add(own)
-            recorded, recorded_own = anchor.records[(name, step)]
-            assert recorded_own == own and query.shape[0] == 2  # [uncond, cond]
+            recorded = anchor.recorded_kv(name, step)
+            assert anchor.records[(name, step)][0].shape[1] == own and query.shape[0] == 2  # [uncond, cond]
             # frame 0 recorded its key/value input: own tokens then reference tokens, in fp16
             assert torch.equal(recorded, kv0.half())
             # frame 1: own part = mean of its own tokens and frame 0's, reference part untouched

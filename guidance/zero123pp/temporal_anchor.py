@@ -19,6 +19,7 @@ recorded element ``b``, so each branch is anchored to the same branch of frame 0
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -37,30 +38,72 @@ class TemporalAnchor:
         mode: ``"record"`` (frame 0), ``"replay"`` (later frames) or ``"off"``.
         storage_dtype: dtype of the records on the CPU (fp16 as in the released code).
         pin_memory: keep records in page-locked memory when they come from a GPU, so that the
-            copies to and from the GPU run asynchronously. ``None``: pin when CUDA is available.
+            copies to and from the GPU run as DMA without staging (the copy to the CPU does not
+            even stall the GPU). ``None``: pin when CUDA is available.
+        prefetch: in replay on a GPU, :meth:`prefetch` (called by the pipeline at the start of
+            each step) copies the step's records to the GPU on a side stream, so the copies
+            overlap the reference pass. ``None``: when pinned.
     """
 
     def __init__(self, mode: str = "record", storage_dtype: torch.dtype = torch.float16,
-                 pin_memory: bool | None = None):
+                 pin_memory: bool | None = None, prefetch: bool | None = None):
         self.mode = _check_mode(mode)
         self.storage_dtype = storage_dtype
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        # (layer name, step) -> (kv input [B, L + Lr, C] on the CPU, L)
-        self.records: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
+        self.prefetch_enabled = self.pin_memory if prefetch is None else prefetch
+        # (layer name, step) -> (own tokens [B, L, C], reference tokens [B, Lr, C]) on the CPU.
+        # The two parts are stored apart so that the part a replay reads is one contiguous block.
+        self.records: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._arena = PinnedArena()
+        # Prefetched own tokens of the current step on the GPU, the side stream and its event.
+        self._prefetched: dict[tuple[str, int], torch.Tensor] = {}
+        self._copy_stream = None
+        self._copied = None
 
     def set_mode(self, mode: str) -> None:
         self.mode = _check_mode(mode)
 
     def clear(self) -> None:
         self.records.clear()
+        self._prefetched.clear()
+        self._arena = PinnedArena()
+
+    def prefetch(self, step: int, device: torch.device | str, dtype: torch.dtype) -> None:
+        """Start copying frame 0's own tokens of ``step`` to ``device`` (replay on CUDA only).
+
+        The copies run on a side stream; each replayed call makes the compute stream wait for
+        them (an event) before it reads its tensor.
+        """
+        self._prefetched.clear()
+        device = torch.device(device)
+        if self.mode != "replay" or not self.prefetch_enabled or device.type != "cuda":
+            return
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device)
+        # The host records are final (written while frame 0 ran), so the side stream need not
+        # wait for the compute stream.
+        with torch.cuda.stream(self._copy_stream):
+            for (layer, recorded_step), (own, _) in self.records.items():
+                if recorded_step == step:
+                    self._prefetched[(layer, step)] = own.to(device, dtype, non_blocking=True)
+            self._copied = self._copy_stream.record_event()
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the records."""
-        return sum(t.numel() * t.element_size() for t, _ in self.records.values())
+        return sum(t.numel() * t.element_size() for parts in self.records.values() for t in parts)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Host bytes reserved for the records (page-locked slabs, or the records themselves)."""
+        return self._arena.reserved_bytes if self._arena.reserved_bytes else self.nbytes
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def recorded_kv(self, layer: str, step: int) -> torch.Tensor:
+        """Frame 0's key/value input [B, L + Lr, C] of one call, as recorded (on the CPU)."""
+        return torch.cat(self.records[(layer, step)], dim=1)
 
     def __call__(self, layer: str, step: int, kv_input: torch.Tensor, own_tokens: int) -> torch.Tensor:
         """The key/value input [B, L + Lr, C] this self-attention call should use.
@@ -79,17 +122,21 @@ class TemporalAnchor:
                 raise AnchorMismatch(
                     f"{layer} at step {step} was recorded twice: clear() the anchor before recording another frame 0"
                 )
-            self.records[key] = (self._store(kv_input), own_tokens)
+            kv = kv_input.detach()
+            self.records[key] = (self._store(kv[:, :own_tokens]), self._store(kv[:, own_tokens:]))
             return kv_input
         return self._replay(key, kv_input, own_tokens)
 
-    def _store(self, kv_input: torch.Tensor) -> torch.Tensor:
-        """Copy [B, L + Lr, C] to the CPU in ``storage_dtype`` (asynchronously into pinned memory)."""
-        pin = self.pin_memory and kv_input.is_cuda
-        out = torch.empty(kv_input.shape, dtype=self.storage_dtype, device="cpu", pin_memory=pin)
+    def _store(self, part: torch.Tensor) -> torch.Tensor:
+        """Copy [B, n, C] to a contiguous CPU tensor in ``storage_dtype`` (asynchronously when pinned)."""
+        pin = self.pin_memory and part.is_cuda
+        if pin:
+            out = self._arena.take(part.shape, self.storage_dtype)
+        else:
+            out = torch.empty(part.shape, dtype=self.storage_dtype)
         # A GPU -> pinned copy is queued on the current stream: the replay's copy back is queued
         # on the same stream later, so it always sees the finished record.
-        out.copy_(kv_input.detach(), non_blocking=pin)
+        out.copy_(part, non_blocking=pin)
         return out
 
     def _replay(self, key: tuple[str, int], kv_input: torch.Tensor, own_tokens: int) -> torch.Tensor:
@@ -98,16 +145,52 @@ class TemporalAnchor:
                 f"no frame-0 record for {key[0]} at step {key[1]}: generate frame 0 with the anchor in "
                 "'record' mode first, with the same number of steps"
             )
-        record, recorded_own = self.records[key]
-        if recorded_own != own_tokens or record.shape[0] != kv_input.shape[0] or record.shape[2] != kv_input.shape[2]:
+        recorded_own, _ = self.records[key]
+        if tuple(recorded_own.shape) != (kv_input.shape[0], own_tokens, kv_input.shape[2]):
             raise AnchorMismatch(
-                f"{key[0]} at step {key[1]}: frame 0 recorded {recorded_own} own tokens of {tuple(record.shape)}, "
-                f"this frame has {own_tokens} of {tuple(kv_input.shape)}: use the same output size and "
+                f"{key[0]} at step {key[1]}: frame 0 recorded own tokens {tuple(recorded_own.shape)}, this frame "
+                f"has {(kv_input.shape[0], own_tokens, kv_input.shape[2])}: use the same output size and "
                 "guidance for every frame"
             )
-        frame0_own = record[:, :own_tokens].to(kv_input.device, kv_input.dtype, non_blocking=True)
+        frame0_own = self._prefetched.pop(key, None)
+        if frame0_own is not None and frame0_own.device == kv_input.device and frame0_own.dtype == kv_input.dtype:
+            compute = torch.cuda.current_stream(kv_input.device)
+            compute.wait_event(self._copied)
+            frame0_own.record_stream(compute)  # allocated on the side stream, used and freed here
+        else:
+            frame0_own = recorded_own.to(kv_input.device, kv_input.dtype, non_blocking=True)
         own = (kv_input[:, :own_tokens] + frame0_own) / 2
         return torch.cat([own, kv_input[:, own_tokens:]], dim=1)
+
+
+class PinnedArena:
+    """Page-locked host memory handed out from large slabs.
+
+    One pinned allocation per record would be rounded up to a power of two by PyTorch's host
+    allocator (up to 2x the memory) and page-locked one by one; slabs waste less than one slab.
+    ``pin_memory=False`` carves ordinary memory the same way (for tests without a GPU).
+    """
+
+    def __init__(self, slab_bytes: int = 256 * 2**20, align: int = 512, pin_memory: bool = True):
+        self.slab_bytes, self.align, self.pin_memory = slab_bytes, align, pin_memory
+        self.slabs: list[torch.Tensor] = []
+        self.used = 0  # bytes used in the last slab
+
+    @property
+    def reserved_bytes(self) -> int:
+        return sum(slab.numel() for slab in self.slabs)
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialized pinned CPU tensor of ``shape`` and ``dtype`` (a view into a slab)."""
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if nbytes > self.slab_bytes:
+            return torch.empty(tuple(shape), dtype=dtype, pin_memory=self.pin_memory)
+        if not self.slabs or self.used + nbytes > self.slab_bytes:
+            self.slabs.append(torch.empty(self.slab_bytes, dtype=torch.uint8, pin_memory=self.pin_memory))
+            self.used = 0
+        start = self.used
+        self.used = -(-(start + nbytes) // self.align) * self.align
+        return self.slabs[-1][start:start + nbytes].view(dtype).view(tuple(shape))
 
 
 def _check_mode(mode: str) -> str:
