@@ -262,7 +262,9 @@ def test_training_stops_and_saves_at_total_steps_then_views_the_saved_model(disc
 
 
 # ---------------------------------------------------------------------------------------------
-# the real window under Xvfb
+# the real window under Xvfb. Each window runs in its own Python process: dearpygui 2.3 keeps GLFW
+# state after destroy_context, so a second window in one process can crash, and a crash there
+# must fail one test, not kill pytest.
 
 
 @pytest.fixture(scope="module")
@@ -288,9 +290,7 @@ def xvfb_display():
         stop()
         pytest.skip("Xvfb did not start")
     display = f":{number}"
-    env = {k: v for k, v in os.environ.items() if k != "WAYLAND_DISPLAY"}
-    env["DISPLAY"] = display
-    ok, reason = viewer.probe_viewport(env)
+    ok, reason = viewer.probe_viewport(display_env(display))
     if not ok:
         stop()
         pytest.skip(f"dearpygui cannot open an OpenGL viewport under Xvfb: {reason}")
@@ -298,19 +298,31 @@ def xvfb_display():
     stop()
 
 
-@pytest.fixture
-def on_xvfb(xvfb_display, monkeypatch):
-    monkeypatch.setenv("DISPLAY", xvfb_display)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    return xvfb_display
+def display_env(display: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "WAYLAND_DISPLAY"}
+    env["DISPLAY"] = display
+    return env
 
 
-@pytest.mark.slow
-def test_window_shows_the_model_and_widgets_drive_it(disc_data, tmp_path, on_xvfb):
+def run_scenario(name: str, display: str, data: str, tmp_path) -> None:
+    """Run ``name(data, tmp_path)`` of this module in a child process on ``display``; fail with its output."""
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_viewer; "
+            f"test_viewer.{name}({data!r}, {str(tmp_path)!r})")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=display_env(display), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, f"{name} failed (status {done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+
+def window_scenario(data: str, tmp: str) -> None:
+    """Build the window on a tiny trainer, drive it through the widgets' callbacks, screenshot it."""
+    import pathlib
+
     import dearpygui.dearpygui as dpg
 
+    torch.set_num_threads(2)
+    tmp_path = pathlib.Path(tmp)
     viewer.require_gui()  # the display check passes here
-    trainer = tiny_trainer(disc_data, tmp_path)
+    trainer = tiny_trainer(data, tmp_path)
     app = viewer.make_app(viewer.make_session(trainer), trainer.cfg, size=64)
     app.build()
     try:
@@ -318,10 +330,10 @@ def test_window_shows_the_model_and_widgets_drive_it(disc_data, tmp_path, on_xvf
             app.frame()
         assert app.is_open() and app.frames_rendered == 1  # rendered once, then idle
 
-        # the widgets' own callbacks (what dearpygui calls on a click / drag)
+        # the widgets' own callbacks (what dearpygui calls on a drag / click)
         dpg.get_item_callback("time_slider")("time_slider", 0.5)
         app.frame()
-        assert app.nearest_frame == 2 and dpg.get_value("time_slider") == pytest.approx(0.5)
+        assert app.nearest_frame == 2 and abs(dpg.get_value("time_slider") - 0.5) < 1e-6
         assert "frame 2 / 4" in dpg.get_value("status_frame")
         dpg.get_item_callback("start_stop")("start_stop", None)
         app.frame()  # one training step, then the render
@@ -335,35 +347,48 @@ def test_window_shows_the_model_and_widgets_drive_it(disc_data, tmp_path, on_xvf
         Image.fromarray(shot).save(tmp_path / "window.png")
         left, top, right, bottom = app.view_box()
         view = shot[top:bottom, left:right].astype(np.float32)
-        assert view.shape == (64, 64, 3)
+        assert view.shape == (64, 64, 3), view.shape
         # what is on screen is the rendered view, 1:1
-        assert np.abs(view - app.image * 255.0).max() <= 3.0
+        difference = np.abs(view - app.image * 255.0).max()
+        assert difference <= 3.0, difference
         # not blank: a grey cloud on the white background
-        assert view.std() > 5.0
-        assert view[:4, :4].min() > 240 and view[24:40, 24:40].mean() < 230
+        assert view.std() > 5.0, view.std()
+        assert view[:4, :4].min() > 240 and view[24:40, 24:40].mean() < 230, (view[:4, :4].min(), view[24:40, 24:40].mean())
     finally:
         app.close()
 
 
-@pytest.mark.slow
-def test_run_viewer_loop_until_the_window_closes(disc_data, tmp_path, on_xvfb, monkeypatch):
+def run_viewer_scenario(data: str, tmp: str) -> None:
+    """run_viewer's loop: start training, two frames, close the window; unsaved steps get saved."""
+    import pathlib
+
     import dearpygui.dearpygui as dpg
 
-    trainer = tiny_trainer(disc_data, tmp_path)
+    torch.set_num_threads(2)
+    trainer = tiny_trainer(data, pathlib.Path(tmp))
     frames = []
     original = viewer.ViewerApp.frame
 
     def frame_then_close(self):
-        # what a user does: start training, let two frames pass, close the window
         if not frames:
             self.on_start_stop()
         original(self)
         frames.append(self.session.step)
         if len(frames) == 2:
-            dpg.stop_dearpygui()
+            dpg.stop_dearpygui()  # what closing the window does
 
-    monkeypatch.setattr(viewer.ViewerApp, "frame", frame_then_close)
+    viewer.ViewerApp.frame = frame_then_close
     app = viewer.run_viewer(trainer, trainer.cfg, size=48)
-    assert frames == [1, 2] and app._dpg is None
-    # steps trained but not saved are saved when the window closes
+    assert frames == [1, 2] and app._dpg is None, frames
     assert os.path.isfile(os.path.join(trainer.run_folder, "2", "checkpoint.pt"))
+
+
+@pytest.mark.slow
+def test_window_shows_the_model_and_widgets_drive_it(disc_data, tmp_path, xvfb_display):
+    run_scenario("window_scenario", xvfb_display, disc_data, tmp_path)
+    assert (tmp_path / "window.png").is_file()
+
+
+@pytest.mark.slow
+def test_run_viewer_loop_until_the_window_closes(disc_data, tmp_path, xvfb_display):
+    run_scenario("run_viewer_scenario", xvfb_display, disc_data, tmp_path)
