@@ -11,8 +11,11 @@ Interface used by the trainer::
 
 Config keys read (all optional; defaults in brackets): ``zero123_model``
 [``ashawkey/zero123-xl-diffusers``; a hub id or a local folder in the diffusers layout],
-``guidance_scale`` [5], ``fp16`` [True on CUDA, always False on CPU], and the timestep window
-keys of :mod:`guidance.schedule`.
+``guidance_scale`` [5], ``fp16`` [True on CUDA, always False on CPU], the timestep window keys
+of :mod:`guidance.schedule` (``min_step_start``, ``min_step_end``, ``max_step_start``,
+``max_step_end``, ``anneal_steps``), and two speed options, ``guidance_compile`` [False;
+torch.compile of the UNet and the VAE encoder, ~30% faster SDS after a ~1 min first call] and
+``guidance_channels_last`` [False; no gain measured on H100].
 """
 from __future__ import annotations
 
