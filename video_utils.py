@@ -1,8 +1,8 @@
 """Videos and image grids: H.264 MP4 writing (atomic), decoding, contact sheets, colour maps.
 
-* :func:`write_video` pipes uint8 frames to ffmpeg (imageio-ffmpeg's binary) as H.264 in yuv420p,
-  the format every player accepts, into a temporary file next to the target, renamed when
-  ffmpeg has exited cleanly.
+* :class:`VideoWriter` / :func:`write_video` pipe uint8 frames to ffmpeg (imageio-ffmpeg's
+  binary) as H.264 in yuv420p, the format every player accepts, into a temporary file next to the
+  target, renamed when ffmpeg has exited cleanly. The writer streams (frames are not kept).
   yuv420p needs even sizes: an odd width or height is padded by repeating the last column / row
   (never resized, so pixels stay where the renderer put them).
 * :func:`read_video` decodes a video back to a uint8 array (tests, checks).
@@ -15,6 +15,7 @@ Light: numpy and torch only at import; imageio-ffmpeg and PIL are imported where
 """
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -116,52 +117,114 @@ def pad_to_even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-def write_video(path: str, frames: Sequence[np.ndarray] | np.ndarray, fps: float = 10, crf: int = DEFAULT_CRF,
-                preset: str = "medium") -> None:
-    """Write uint8 frames [F, H, W, 3] to ``path`` as H.264 (libx264, yuv420p) MP4, atomically.
+class VideoWriter:
+    """Streaming H.264 (libx264, yuv420p) MP4 writer, atomic: frames go to ffmpeg as they come.
 
-    ffmpeg (the imageio-ffmpeg binary) reads raw RGB frames from a pipe; its exit status is checked
-    (imageio-ffmpeg's own writer ignores it and can leave an empty file).
+    ffmpeg (the imageio-ffmpeg binary) reads raw RGB frames from a pipe into a temporary file next
+    to ``path``; leaving the ``with`` block normally waits for ffmpeg, checks its exit status
+    (imageio-ffmpeg's own writer ignores it and can leave an empty file) and renames the file;
+    leaving it with an exception stops ffmpeg and removes the temporary file.
+
+        with VideoWriter("out.mp4", fps=10) as video:
+            for batch in batches:          # uint8 [B, H, W, 3] or one frame [H, W, 3]
+                video.write(batch)
 
     Args:
-        path: target file (``.mp4``); written under a temporary name in the same folder, then renamed.
-        frames: F frames, uint8 [H, W, 3] each (a list or one array); odd sizes are padded to even.
+        path: target file (``.mp4``).
         fps: frames per second.
         crf: x264 quality (0 = lossless luma, 51 = worst; 18 is visually lossless).
         preset: x264 speed preset (ultrafast ... veryslow).
-    Raises:
-        VideoError: ffmpeg failed (its last message line).
+    Every frame must have the size of the first; odd sizes are padded to even (:func:`pad_to_even`).
     """
-    import subprocess
-    import tempfile
 
-    import imageio_ffmpeg
+    def __init__(self, path: str, fps: float = 10, crf: int = DEFAULT_CRF, preset: str = "medium"):
+        self.path, self.fps, self.crf, self.preset = path, float(fps), int(crf), str(preset)
+        self.num_frames = 0
+        self._size: tuple[int, int] | None = None  # (height, width) of the incoming frames
+        self._process = None
+        self._log = None
+        self._atomic = None
+        self._tmp: str | None = None
 
-    array = pad_to_even(_check_frames(frames, path))
-    height, width = array.shape[1:3]
-    with atomic_path(path) as tmp:
+    def __enter__(self) -> "VideoWriter":
+        import tempfile
+
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._log = tempfile.TemporaryFile()
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 frames [B, H, W, 3] (or one frame [H, W, 3])."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        frames = _check_frames(frames, self.path)
+        if self._size is None:
+            self._size = (frames.shape[1], frames.shape[2])
+            self._start(*pad_to_even(frames[:1]).shape[1:3])
+        elif frames.shape[1:3] != self._size:
+            raise ValueError(f"{self.path}: frame size {frames.shape[1:3]} differs from the first frame's {self._size}")
+        try:
+            for frame in pad_to_even(frames):
+                self._process.stdin.write(np.ascontiguousarray(frame).tobytes())
+                self.num_frames += 1
+        except BrokenPipeError:
+            pass  # ffmpeg stopped early: its exit status and log say why (checked on close)
+
+    def _start(self, height: int, width: int) -> None:
+        import subprocess
+
+        import imageio_ffmpeg
+
         cmd = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
             "-f", "rawvideo", "-vcodec", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-            "-r", f"{float(fps):g}", "-i", "-", "-an",
-            "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int(crf)), "-preset", str(preset),
-            "-movflags", "+faststart", "-f", "mp4", tmp,
+            "-r", f"{self.fps:g}", "-i", "-", "-an",
+            "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", self.preset,
+            "-movflags", "+faststart", "-f", "mp4", self._tmp,
         ]
-        with tempfile.TemporaryFile() as log:
-            process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
-            try:
-                for frame in array:
-                    process.stdin.write(np.ascontiguousarray(frame).tobytes())
-            except BrokenPipeError:
-                pass  # ffmpeg stopped early: its exit status and log say why
-            finally:
-                process.stdin.close()
-                status = process.wait()
-            if status != 0:
-                log.seek(0)
-                lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
-                reason = lines[0] if lines else f"exit status {status}"
-                raise VideoError(f"{path}: ffmpeg could not write the video ({reason})")
+        self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+            elif self._process is not None:
+                self._process.kill()
+                self._process.wait()
+        except BaseException:
+            self._atomic.__exit__(*sys.exc_info())  # removes the temporary file
+            raise
+        finally:
+            self._log.close()
+        self._atomic.__exit__(exc_type, exc, tb)  # renames on success, removes on an exception
+
+    def _finish(self) -> None:
+        if self._process is None:
+            raise VideoError(f"{self.path}: no frames to write")
+        try:
+            self._process.stdin.close()
+        except BrokenPipeError:
+            pass
+        status = self._process.wait()
+        if status != 0:
+            self._log.seek(0)
+            lines = [line.strip() for line in self._log.read().decode(errors="replace").splitlines() if line.strip()]
+            reason = lines[0] if lines else f"exit status {status}"
+            raise VideoError(f"{self.path}: ffmpeg could not write the video ({reason})")
+
+
+def write_video(path: str, frames: Sequence[np.ndarray] | np.ndarray, fps: float = 10, crf: int = DEFAULT_CRF,
+                preset: str = "medium") -> None:
+    """Write uint8 frames [F, H, W, 3] to ``path`` as H.264 (yuv420p) MP4, atomically (:class:`VideoWriter`).
+
+    Raises:
+        VideoError: no frames, or ffmpeg failed (its first message line).
+    """
+    array = _check_frames(frames, path)
+    with VideoWriter(path, fps, crf, preset) as video:
+        video.write(array)
 
 
 def read_video(path: str) -> np.ndarray:
@@ -270,6 +333,7 @@ def _text_size(font, text: str) -> tuple[int, int]:
 __all__ = [
     "DEFAULT_CRF",
     "VideoError",
+    "VideoWriter",
     "alpha_to_rgb",
     "colormap",
     "contact_sheet",

@@ -289,29 +289,29 @@ def video_tracks(num: int, elevation: float, radius: float, fovy: float, size: i
 
 
 @torch.no_grad()
-def render_tracks(
+def iter_track_frames(
     model,
     tracks: dict[str, Sequence[Camera]],
     times: Sequence[float],
     background: Sequence[float] = (1.0, 1.0, 1.0),
     backend: str = "auto",
-    modes: Sequence[str] = ("image",),
     chunk: int = 8,
     progress: bool = True,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Render every track at every time: frame f of a track is its camera f at ``times[f]``.
+):
+    """Render every track at every time, a chunk of times at a time: frame f of a track is its
+    camera f at ``times[f]``.
 
-    The model is deformed once per ``chunk`` of times (``gaussians_at_times``) and those Gaussians
-    serve every track (one ``render_batch`` per chunk for all tracks).
+    The model is deformed once per chunk (``gaussians_at_times``) and those Gaussians serve every
+    track in one ``render_batch`` call.
 
     Args:
         model: a ``GaussianModel4D`` (its device is used).
         tracks: name -> F cameras (F = len(times)).
         times: F normalized times.
-        background: RGB in [0, 1] behind the image (and the depth map).
-        modes: subset of ``image``, ``depth``, ``alpha``.
-    Returns:
-        name -> mode -> uint8 frames [F, H, W, 3].
+        background: RGB in [0, 1] behind the images.
+    Yields:
+        (name, image [B, 3, H, W], alpha [B, H, W], depth [B, H, W]) per track and chunk of B
+        times, in time order, float on the model's device (depth alpha-weighted, as rendered).
     """
     from tqdm import tqdm
 
@@ -323,40 +323,77 @@ def render_tracks(
             raise ValueError(f"track {name} has {len(cameras)} cameras for {num} times")
     device = model.device
     bg = torch.tensor([float(c) for c in background], dtype=torch.float32, device=device)
-    images = {name: [] for name in tracks}
-    depths = {name: [] for name in tracks}
-    alphas = {name: [] for name in tracks}
     names = list(tracks)
     with tqdm(total=num, desc="render", unit="frame", disable=not progress, leave=False) as bar:
         for start in range(0, num, chunk):
             chunk_times = [float(t) for t in times[start:start + chunk]]
             gaussians = model.gaussians_at_times(chunk_times)
-            batch_gaussians, batch_cameras = [], []
-            for name in names:
-                for offset, time in enumerate(chunk_times):
-                    batch_gaussians.append(gaussians[offset])
-                    batch_cameras.append(tracks[name][start + offset].with_time(time).to(device))
-            outputs = render_batch(batch_gaussians, batch_cameras, bg.expand(len(batch_cameras), 3), backend=backend)
+            cameras = [tracks[name][start + offset].with_time(time).to(device)
+                       for name in names for offset, time in enumerate(chunk_times)]
+            outputs = render_batch(gaussians * len(names), cameras, bg.expand(len(cameras), 3), backend=backend)
             for k, name in enumerate(names):
                 outs = outputs[k * len(chunk_times):(k + 1) * len(chunk_times)]
-                if "image" in modes:
-                    images[name].append(video_utils.to_uint8(torch.stack([o.image for o in outs])))
-                if "depth" in modes or "alpha" in modes:
-                    alphas[name].append(torch.stack([o.alpha[0] for o in outs]).float().cpu().numpy())
-                if "depth" in modes:
-                    depths[name].append(torch.stack([o.depth[0] for o in outs]).float().cpu().numpy())
+                yield (name, torch.stack([o.image for o in outs]), torch.stack([o.alpha[0] for o in outs]),
+                       torch.stack([o.depth[0] for o in outs]))
             bar.update(len(chunk_times))
 
-    result: dict[str, dict[str, np.ndarray]] = {}
-    for name in names:
-        result[name] = {}
+
+class _DepthClip:
+    """Alpha-weighted depth and alpha of one clip, kept (float16) until the clip's depth range is known."""
+
+    def __init__(self):
+        self.depth: list[np.ndarray] = []
+        self.alpha: list[np.ndarray] = []
+
+    def add(self, alpha: torch.Tensor, depth: torch.Tensor) -> None:
+        self.alpha.append(alpha.half().cpu().numpy())
+        self.depth.append(depth.half().cpu().numpy())
+
+    def frames(self, background: Sequence[float]) -> np.ndarray:
+        """uint8 [F, H, W, 3]: depth normalized over the whole clip (:func:`video_utils.depth_to_rgb`)."""
+        depth = np.concatenate(self.depth).astype(np.float32)
+        alpha = np.concatenate(self.alpha).astype(np.float32)
+        return video_utils.quantize(video_utils.depth_to_rgb(depth, alpha, background))
+
+
+def _alpha_frames(alpha: torch.Tensor) -> np.ndarray:
+    """Alpha [B, H, W] -> grey uint8 frames [B, H, W, 3]."""
+    return video_utils.to_uint8(alpha.unsqueeze(1).expand(-1, 3, -1, -1))
+
+
+def render_tracks(
+    model,
+    tracks: dict[str, Sequence[Camera]],
+    times: Sequence[float],
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    backend: str = "auto",
+    modes: Sequence[str] = ("image",),
+    chunk: int = 8,
+    progress: bool = True,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Frames of every track (see :func:`iter_track_frames`), in memory.
+
+    Args:
+        modes: subset of ``image`` (over ``background``), ``depth`` (colour-mapped expected depth,
+            normalized per track over the object's pixels, over ``background``), ``alpha`` (grey).
+    Returns:
+        name -> mode -> uint8 frames [F, H, W, 3].
+    """
+    collected: dict[str, dict[str, list]] = {name: {"image": [], "alpha": []} for name in tracks}
+    depth_clips = {name: _DepthClip() for name in tracks}
+    for name, image, alpha, depth in iter_track_frames(model, tracks, times, background, backend, chunk, progress):
         if "image" in modes:
-            result[name]["image"] = np.concatenate(images[name])
-        if "depth" in modes:
-            rgb = video_utils.depth_to_rgb(np.concatenate(depths[name]), np.concatenate(alphas[name]), background)
-            result[name]["depth"] = video_utils.quantize(rgb)
+            collected[name]["image"].append(video_utils.to_uint8(image))
         if "alpha" in modes:
-            result[name]["alpha"] = video_utils.quantize(video_utils.alpha_to_rgb(np.concatenate(alphas[name])))
+            collected[name]["alpha"].append(_alpha_frames(alpha))
+        if "depth" in modes:
+            depth_clips[name].add(alpha, depth)
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for name in tracks:
+        result[name] = {}
+        for mode in modes:
+            result[name][mode] = (depth_clips[name].frames(background) if mode == "depth"
+                                  else np.concatenate(collected[name][mode]))
     return result
 
 
@@ -395,6 +432,39 @@ def contact_sheet(model, num_frames: int, azimuths: Sequence[float], rows: int, 
     return video_utils.contact_sheet(tiles, row_labels, column_labels)
 
 
+def video_path(out_folder: str, track: str, mode: str) -> str:
+    """``video_<track>.mp4`` for images, ``video_<track>_<mode>.mp4`` for depth and alpha."""
+    suffix = "" if mode == "image" else f"_{mode}"
+    return os.path.join(out_folder, f"video_{track}{suffix}.mp4")
+
+
+def write_videos(model, tracks: dict[str, Sequence[Camera]], times: Sequence[float], out_folder: str, fps: float,
+                 background: Sequence[float] = (1.0, 1.0, 1.0), backend: str = "auto",
+                 modes: Sequence[str] = ("image",), chunk: int = 8, progress: bool = True) -> list[str]:
+    """Render the tracks and write one MP4 per track and mode into ``out_folder``; returns the paths.
+
+    Image and alpha frames stream to ffmpeg as they are rendered (memory does not grow with the
+    frame count); depth is kept (float16) until each clip's depth range is known.
+    """
+    import contextlib
+
+    streamed = [m for m in modes if m != "depth"]
+    depth_clips = {name: _DepthClip() for name in tracks} if "depth" in modes else {}
+    with contextlib.ExitStack() as stack:
+        writers = {(name, mode): stack.enter_context(video_utils.VideoWriter(video_path(out_folder, name, mode), fps))
+                   for name in tracks for mode in streamed}
+        for name, image, alpha, depth in iter_track_frames(model, tracks, times, background, backend, chunk, progress):
+            if "image" in streamed:
+                writers[name, "image"].write(video_utils.to_uint8(image))
+            if "alpha" in streamed:
+                writers[name, "alpha"].write(_alpha_frames(alpha))
+            if name in depth_clips:
+                depth_clips[name].add(alpha, depth)
+    for name, clip in depth_clips.items():
+        video_utils.write_video(video_path(out_folder, name, "depth"), clip.frames(background), fps)
+    return [video_path(out_folder, name, mode) for name in tracks for mode in modes]
+
+
 def write_outputs(model, cfg, opts: VisualizeOptions, num_frames: int, out_folder: str,
                   progress: bool = True) -> list[str]:
     """Render and write the videos (and the contact sheet) into ``out_folder``; returns the paths."""
@@ -404,14 +474,8 @@ def write_outputs(model, cfg, opts: VisualizeOptions, num_frames: int, out_folde
     times = training_times(num_frames) if opts.frames is None else interpolated_times(num_frames, int(opts.frames))
     elevation, radius, fovy = float(cfg.elevation), float(cfg.radius), float(cfg.fovy)
     tracks = video_tracks(len(times), elevation, radius, fovy, size, model.device)
-    frames = render_tracks(model, tracks, times, opts.background, str(cfg.backend), opts.modes, opts.chunk, progress)
-    written = []
-    for name in tracks:
-        for mode in opts.modes:
-            suffix = "" if mode == "image" else f"_{mode}"
-            path = os.path.join(out_folder, f"video_{name}{suffix}.mp4")
-            video_utils.write_video(path, frames[name][mode], int(cfg.video_fps))
-            written.append(path)
+    written = write_videos(model, tracks, times, out_folder, int(cfg.video_fps), opts.background, str(cfg.backend),
+                           opts.modes, opts.chunk, progress)
     if opts.sheet_times > 0:
         sheet_size = int(opts.sheet_size or min(size, 256))
         sheet = contact_sheet(model, num_frames, opts.sheet_azimuths, opts.sheet_times, elevation, radius, fovy,

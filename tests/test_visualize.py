@@ -137,6 +137,18 @@ def test_depth_and_alpha_videos_follow_the_object(cli_run):
     assert depth[0][truth > 0.9].std() > 0.02  # the object is shaded by depth, not flat
 
 
+def test_streamed_videos_equal_the_in_memory_frames(cli_run):
+    """write_videos (streaming) and render_tracks (in memory) give the same frames, every mode."""
+    model = tiny_model(0, shift=0.3)
+    tracks = visualize.video_tracks(T, 0.0, 2.0, 49.1, SIZE)
+    frames = visualize.render_tracks(model, tracks, visualize.training_times(T), backend="torch",
+                                     modes=["image", "depth", "alpha"], chunk=3, progress=False)
+    for name in TRACK_NAMES:
+        for mode, suffix in (("image", ""), ("depth", "_depth"), ("alpha", "_alpha")):
+            video = video_utils.read_video(str(cli_run / f"video_{name}{suffix}.mp4")).astype(np.float32)
+            assert np.abs(video - frames[name][mode]).mean() / 255 < 0.03, (name, mode)
+
+
 def test_load_step_selects_an_older_model(workspace):
     out = workspace / "valid_step5"
     visualize.main(["--config", CONFIG, "save_path=run", f"outdir={workspace / 'logs'}", f"valid_dir={out}",
@@ -351,6 +363,29 @@ def test_write_video_is_atomic(tmp_path):
     with pytest.raises(ValueError):
         video_utils.write_video(str(tmp_path / "float.mp4"), np.zeros((2, 8, 8, 3), np.float32))
     assert os.listdir(tmp_path) == []
+
+
+def test_video_writer_streams_and_cleans_up(tmp_path):
+    frames = np.zeros((6, 16, 16, 3), np.uint8)
+    frames[:, :, :8] = np.arange(6, dtype=np.uint8)[:, None, None, None] * 40
+    with video_utils.VideoWriter(str(tmp_path / "s.mp4"), fps=5) as video:
+        video.write(frames[:4])
+        video.write(frames[4])  # one frame [H, W, 3]
+        video.write(frames[5:])
+        with pytest.raises(ValueError, match="frame size"):
+            video.write(np.zeros((1, 8, 8, 3), np.uint8))
+    assert video.num_frames == 6
+    decoded = video_utils.read_video(str(tmp_path / "s.mp4"))
+    assert decoded.shape == frames.shape and np.abs(decoded.astype(int) - frames).mean() < 3
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with video_utils.VideoWriter(str(tmp_path / "cut.mp4")) as video:
+            video.write(frames)
+            raise RuntimeError("interrupted")
+    assert sorted(os.listdir(tmp_path)) == ["s.mp4"]  # the interrupted video left nothing behind
+    with pytest.raises(UserError, match="no frames"):
+        with video_utils.VideoWriter(str(tmp_path / "none.mp4")):
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["s.mp4"]
 
 
 def test_depth_to_rgb_orders_near_to_bright():
