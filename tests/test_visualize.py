@@ -140,10 +140,12 @@ def test_depth_and_alpha_videos_follow_the_object(cli_run):
 def test_streamed_videos_equal_the_in_memory_frames(cli_run):
     """write_videos (streaming) and render_tracks (in memory) give the same frames, every mode."""
     model = tiny_model(0, shift=0.3)
-    tracks = visualize.video_tracks(T, 0.0, 2.0, 49.1, SIZE)
+    names = ("back", "front_moving", "round")
+    tracks = {name: cameras for name, cameras in visualize.video_tracks(T, 0.0, 2.0, 49.1, SIZE).items()
+              if name in names}
     frames = visualize.render_tracks(model, tracks, visualize.training_times(T), backend="torch",
                                      modes=["image", "depth", "alpha"], chunk=3, progress=False)
-    for name in TRACK_NAMES:
+    for name in names:
         for mode, suffix in (("image", ""), ("depth", "_depth"), ("alpha", "_alpha")):
             video = video_utils.read_video(str(cli_run / f"video_{name}{suffix}.mp4")).astype(np.float32)
             assert np.abs(video - frames[name][mode]).mean() / 255 < 0.03, (name, mode)
@@ -202,8 +204,8 @@ def test_times():
 def test_interpolated_frames_change_smoothly_across_training_frames():
     """N interpolated times: every step moves a little, no step jumps, and training times match exactly."""
     model = tiny_model(0)
-    steps_per_frame = 6
-    times = visualize.interpolated_times(T, steps_per_frame * (T - 1) + 1)  # training frames at j = 0, 6, 12, 18
+    steps_per_frame = 4
+    times = visualize.interpolated_times(T, steps_per_frame * (T - 1) + 1)  # training frames at j = 0, 4, 8, 12
     cameras = visualize.orbit_track(0.0, 0.0, len(times), 0.0, 2.0, 49.1, SIZE)
     frames = visualize.render_orbit_frames(model, cameras, times, backend="torch", progress=False)["image"]
     frames = frames.astype(np.float32)
