@@ -617,10 +617,16 @@ class ViewerApp:
             tag = f"status_{key}"
             if dpg.does_item_exist(tag):
                 dpg.set_value(tag, text)
+        # widgets follow state changed by other routes (playback, tests, scripts)
         dpg.set_value("time_slider", self.time)
+        dpg.set_value("mode", self.mode)
+        dpg.set_value("scale", self.scale)
+        if dpg.does_item_exist("overlay"):
+            dpg.set_value("overlay", self.overlay)
         dpg.configure_item("play", label="Pause" if self.playing else "Play")
         if self.session.can_train:
             dpg.configure_item("start_stop", label="Stop training" if self.session.running else "Start training")
+            dpg.set_value("steps_per_frame", self.steps_per_frame)
 
     def frame(self) -> None:
         """One displayed frame: :meth:`update`, new texture data when the view changed, draw."""
@@ -658,9 +664,16 @@ class ViewerApp:
         left, top = self._dpg.get_item_rect_min("view_image")
         return int(left), int(top), int(left) + self.size, int(top) + self.size
 
-    def screenshot(self, max_frames: int = 20) -> np.ndarray:
-        """The whole window as shown: uint8 [H, W, 3] from dearpygui's framebuffer."""
+    def screenshot(self, settle_frames: int = 3, max_frames: int = 20) -> np.ndarray:
+        """The whole window as shown: uint8 [H, W, 3] from dearpygui's framebuffer.
+
+        The framebuffer dearpygui returns lags the latest state by two frames (swap chain), so
+        ``settle_frames`` frames are drawn first; while training or playing, the shot shows the
+        view of a couple of frames earlier.
+        """
         dpg = self._dpg
+        for _ in range(settle_frames):
+            self.frame()
         captured: list[Any] = []
         dpg.output_frame_buffer(callback=lambda sender, buffer: captured.append(buffer))
         for _ in range(max_frames):

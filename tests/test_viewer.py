@@ -354,6 +354,18 @@ def window_scenario(data: str, tmp: str) -> None:
         # not blank: a grey cloud on the white background
         assert view.std() > 5.0, view.std()
         assert view[:4, :4].min() > 240 and view[24:40, 24:40].mean() < 230, (view[:4, :4].min(), view[24:40, 24:40].mean())
+
+        # a change shows up in the very next screenshot (the framebuffer lags two frames behind)
+        dpg.get_item_callback("mode")("mode", "alpha")
+        alpha_shot = app.screenshot()[top:bottom, left:right].astype(np.float32)
+        assert dpg.get_value("mode") == "alpha"
+        assert np.abs(alpha_shot - app.image * 255.0).max() <= 3.0
+        assert np.abs(alpha_shot - view).max() > 50.0
+        # state changed by a method (not by its widget) is shown on the widgets
+        app.on_scale(0.5)
+        app.on_overlay(0.25)
+        app.frame()
+        assert dpg.get_value("scale") == 0.5 and dpg.get_value("overlay") == 0.25
     finally:
         app.close()
 
