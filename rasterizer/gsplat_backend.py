@@ -58,6 +58,19 @@ def _colour_input(gaussians: GaussianParams) -> tuple[torch.Tensor, int | None]:
     return gaussians.colors, None
 
 
+def _intrinsics(cameras: Sequence[Camera], device: torch.device) -> torch.Tensor:
+    """K [B, 3, 3] float32 on ``device`` (``Camera.intrinsics``: focal, principal point W/2, H/2).
+
+    Built on the host and copied from pinned memory without blocking: ``Camera.intrinsics`` of a
+    CUDA camera copies from pageable memory, which makes the host wait for all queued GPU work.
+    """
+    ks = torch.tensor([[[c.focal[0], 0.0, c.width / 2.0], [0.0, c.focal[1], c.height / 2.0], [0.0, 0.0, 1.0]]
+                       for c in cameras], dtype=torch.float32)
+    if device.type != "cuda":
+        return ks.to(device)
+    return ks.pin_memory().to(device, non_blocking=True)
+
+
 def _split_means2d(means2d: torch.Tensor, num_images: int) -> list[torch.Tensor]:
     """Per-image views [N, 2] of gsplat's means2d [..., N, 2] whose .grad is filled in backward.
 
@@ -116,7 +129,7 @@ def render_gsplat_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[C
                 for out in render_gsplat_batch([g], [c], bg.unsqueeze(0), scale_modifier)]
     device = gaussians[0].means.device
     viewmats = torch.stack([c.world_to_camera.to(device=device, dtype=torch.float32) for c in cameras])
-    Ks = torch.stack([c.intrinsics.to(device) for c in cameras])
+    Ks = _intrinsics(cameras, device)
     backgrounds = backgrounds.to(device=device, dtype=torch.float32)
     camera = cameras[0]
     if all(g is gaussians[0] for g in gaussians):

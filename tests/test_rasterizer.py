@@ -415,3 +415,10 @@ def test_import_is_light():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gsplat_intrinsics_match_camera_convention():
+    from rasterizer.gsplat_backend import _intrinsics
+
+    cameras = [Camera.orbit(0.0, 0.0, 2.0, size=64), Camera.orbit(10.0, 30.0, 2.0, size=32).with_size(48, 32)]
+    assert torch.equal(_intrinsics(cameras, torch.device("cpu")), torch.stack([c.intrinsics for c in cameras]))
