@@ -8,8 +8,7 @@
 * :func:`read_video` decodes a video back to a uint8 array (tests, checks).
 * :func:`contact_sheet` tiles images [R, C, H, W, 3] into one image with optional row / column
   labels (PIL's default bitmap font: cheap, no font files).
-* :func:`to_uint8`, :func:`quantize`, :func:`depth_to_rgb`, :func:`alpha_to_rgb` turn render outputs
-  into frames.
+* :func:`to_uint8`, :func:`quantize`, :func:`depth_to_rgb` turn render outputs into frames.
 
 Light: numpy and torch only at import; imageio-ffmpeg and PIL are imported where used.
 """
@@ -60,11 +59,6 @@ def quantize(images: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def alpha_to_rgb(alpha: np.ndarray) -> np.ndarray:
-    """Alpha [F, H, W] in [0, 1] -> grey frames float [F, H, W, 3] (opaque = white, empty = black)."""
-    return np.repeat(np.clip(alpha, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
-
-
 def depth_to_rgb(
     depth: np.ndarray, alpha: np.ndarray, background: Sequence[float], alpha_threshold: float = 0.5
 ) -> np.ndarray:
@@ -72,15 +66,15 @@ def depth_to_rgb(
 
     The expected depth ``depth / alpha`` is normalized to [0, 1] over the pixels of the whole
     clip where ``alpha > alpha_threshold`` (one range per video, so colours are comparable across
-    its frames), mapped near = bright, far = dark, and composited over ``background`` with alpha.
+    its frames; any drawn pixel counts when none is that solid), mapped near = bright, far = dark,
+    and composited over ``background`` with alpha.
     """
     alpha = np.clip(alpha, 0.0, 1.0)
     expected = depth / np.maximum(alpha, 1e-6)
     solid = alpha > alpha_threshold
-    if solid.any():
-        near, far = float(expected[solid].min()), float(expected[solid].max())
-    else:
-        near, far = 0.0, 1.0
+    if not solid.any():
+        solid = alpha > 1e-3
+    near, far = (float(expected[solid].min()), float(expected[solid].max())) if solid.any() else (0.0, 1.0)
     normalized = np.clip((expected - near) / max(far - near, 1e-8), 0.0, 1.0)
     colour = colormap(1.0 - normalized)
     bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 1, 3)
@@ -334,7 +328,6 @@ __all__ = [
     "DEFAULT_CRF",
     "VideoError",
     "VideoWriter",
-    "alpha_to_rgb",
     "colormap",
     "contact_sheet",
     "depth_to_rgb",

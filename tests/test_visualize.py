@@ -399,3 +399,6 @@ def test_depth_to_rgb_orders_near_to_bright():
     assert np.allclose(rgb[0, 0, 0], video_utils.colormap(np.array(1.0)))
     assert np.allclose(rgb[0, 0, 2], video_utils.colormap(np.array(0.0)))
     assert np.allclose(rgb[0, 0, 3], [0.0, 0.0, 1.0])  # background where alpha is 0
+    faint = np.full((1, 1, 3), 0.3, np.float32)  # nothing solid: the drawn pixels set the range
+    rgb = video_utils.depth_to_rgb(depth_values[:, :, :3] * faint, faint, (1.0, 1.0, 1.0))
+    assert np.allclose(rgb[0, 0, 0], 0.3 * video_utils.colormap(np.array(1.0)) + 0.7, atol=1e-6)
