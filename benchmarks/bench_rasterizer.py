@@ -85,6 +85,33 @@ def raw_gsplat(params: list[torch.Tensor], camera: Camera, background: torch.Ten
     return colors[0, ..., :3].permute(2, 0, 1), alphas[0].permute(2, 0, 1), meta
 
 
+def profile_gsplat(num: int, size: int, iterations: int = 10) -> None:
+    """Print the CUDA kernels of gsplat fwd+bwd (through our wrapper), summed over ``iterations``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    params = ball_scene(num, "cuda")
+    gaussians = GaussianParams(*params[:4], sh=params[4])
+    camera = Camera.orbit(0.0, 0.0, 2.0, size=size, device="cuda")
+    background = torch.ones(3, device="cuda")
+
+    def step():
+        out = render(gaussians, camera, background, backend="gsplat")
+        (out.image.sum() + out.alpha.sum()).backward()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iterations):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    print(f"gsplat fwd+bwd, {num} Gaussians at {size}x{size}: GPU kernel time {kernel_us / iterations / 1e3:.2f} ms "
+          f"per iteration (sum over kernels)")
+    print(events.table(sort_by="self_device_time_total", row_limit=12))
+
+
 def measure(backend: str, device: str, num: int, size: int, warmup: int, repeats: int) -> dict:
     """Timings of one backend ("torch", "gsplat", or "gsplat-raw": gsplat without our wrapper)."""
     params = ball_scene(num, device)
@@ -133,6 +160,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="with --cuda: print gsplat's CUDA kernel times")
     args = parser.parse_args()
 
     rows = []
@@ -159,6 +187,8 @@ def main() -> None:
           "recording; pipelined = fwd+bwd calls back to back without a sync, mean; covered = fraction of "
           "pixels with alpha > 0; gsplat-raw = gsplat.rasterization without our wrapper. "
           "Targets: torch/cpu fwd+bwd <= 300 ms, gsplat/cuda fwd+bwd <= 3 ms")
+    if args.cuda and args.profile:
+        profile_gsplat(args.gpu_num, args.gpu_size)
 
 
 if __name__ == "__main__":
