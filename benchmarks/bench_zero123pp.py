@@ -12,8 +12,7 @@ time does not depend on the weights), a 720x720 RGBA input, 640x960 output, 75 s
 * ``off``: plain Zero123++ (no anchor);
 * ``record``: frame 0 with the anchor recording its self-attention key/value inputs to the CPU;
 * ``replay``: a later frame blending frame 0's records into its own;
-  each of the two with the records in pinned (page-locked) and in pageable host memory, and the
-  pinned replay with and without prefetching each step's records on a side stream.
+  each of the two with the records in pinned (page-locked) and in pageable host memory.
 
 Columns: seconds per frame and extra over ``off``; peak GPU memory (max_memory_allocated) and
 extra; host memory of the records, measured (``TemporalAnchor.nbytes``) and by the formula
@@ -124,7 +123,7 @@ def main() -> int:
     replayed = {}
     for pinned in (True, False):
         label = "pinned" if pinned else "pageable"
-        anchor = TemporalAnchor("record", pin_memory=pinned, prefetch=pinned)
+        anchor = TemporalAnchor("record", pin_memory=pinned)
         record_runs, rss_growth = [], []
         for _ in range(args.repeats):
             anchor.clear()
@@ -136,11 +135,8 @@ def main() -> int:
             records=len(anchor), rss_growth_bytes=rss_growth)
         anchor.set_mode("replay")
         replay_runs = [timed(lambda: generate(frame1, anchor), device) for _ in range(args.repeats)]
-        replayed[label] = add(f"replay ({label}{', prefetch' if pinned else ''})", replay_runs)
-        if pinned:  # the same records, copied when each call needs them
-            anchor.prefetch_enabled = False
-            replay_runs = [timed(lambda: generate(frame1, anchor), device) for _ in range(args.repeats)]
-            replayed["pinned, no prefetch"] = add("replay (pinned)", replay_runs)
+        replayed[label] = add(f"replay ({label})", replay_runs)
+        if pinned:
             reserved = anchor.reserved_bytes
         anchor.clear()
 
@@ -166,7 +162,7 @@ def main() -> int:
     print(f"host RSS growth while recording (pageable): "
           f"{[round(g / 2**30, 2) for g in rows['record (pageable)']['rss_growth_bytes']]} GiB")
     print(f"same seed, repeated frames bit-identical: {deterministic}; "
-          f"replays identical (pinned+prefetch, pinned, pageable): "
+          f"replays identical (pinned, pageable): "
           f"{all(np.array_equal(replayed['pinned'], r) for r in replayed.values())}")
 
     if args.json:

@@ -188,7 +188,7 @@ def test_frames_to_run_prepends_frame_zero_for_the_anchor():
 
 @pytest.mark.cuda
 def test_gen_mv_on_cuda_reproduces_and_anchor_changes_later_frames(tmp_path, tiny_model, capsys):
-    """fp16 on the GPU with pinned, prefetched records: deterministic; frame 0 is the same with or without anchor."""
+    """fp16 on the GPU with pinned records: deterministic; frame 0 is the same with or without anchor."""
     path = make_dataset(tmp_path)
     assert run_gen_mv(path, tiny_model, device="cuda") == 0
     assert "temporal anchor:" in capsys.readouterr().out

@@ -284,8 +284,6 @@ class Zero123PlusPipeline:
             noisy_cond = scheduler.add_noise(cond_lat, noise, t.reshape(1))
             noisy_cond = scheduler.scale_model_input(noisy_cond, t)
 
-            if anchor is not None and hasattr(anchor, "prefetch"):
-                anchor.prefetch(step, self.device, self.dtype)  # overlaps the reference pass
             ref_store: dict[str, torch.Tensor] = {}
             self.unet(noisy_cond, t, encoder_hidden_states=prompt_embeds,
                       cross_attention_kwargs=dict(ref_mode=WRITE, ref_store=ref_store))
