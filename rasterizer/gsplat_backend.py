@@ -12,6 +12,7 @@ screen-space gradient in pixels, as with the torch backend.
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Sequence
 
 import torch
@@ -58,34 +59,48 @@ def _colour_input(gaussians: GaussianParams) -> tuple[torch.Tensor, int | None]:
     return gaussians.colors, None
 
 
-def _intrinsics(cameras: Sequence[Camera], device: torch.device) -> torch.Tensor:
-    """K [B, 3, 3] float32 on ``device`` (``Camera.intrinsics``: focal, principal point W/2, H/2).
+@functools.lru_cache(maxsize=64)
+def _camera_matrix(fx: float, fy: float, width: int, height: int, device: torch.device) -> torch.Tensor:
+    """K [3, 3] float32 on ``device`` (as ``Camera.intrinsics``: principal point W/2, H/2), cached.
 
-    Built on the host and copied from pinned memory without blocking: ``Camera.intrinsics`` of a
-    CUDA camera copies from pageable memory, which makes the host wait for all queued GPU work.
+    Cached because a per-call host-to-device copy makes the host wait for all queued GPU work,
+    which costs more than gsplat's kernels; K only depends on these few numbers.
     """
-    ks = torch.tensor([[[c.focal[0], 0.0, c.width / 2.0], [0.0, c.focal[1], c.height / 2.0], [0.0, 0.0, 1.0]]
-                       for c in cameras], dtype=torch.float32)
-    if device.type != "cuda":
-        return ks.to(device)
-    return ks.pin_memory().to(device, non_blocking=True)
+    k = torch.tensor([[fx, 0.0, width / 2.0], [0.0, fy, height / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float32)
+    return k.to(device)
+
+
+def _scales(gaussians: GaussianParams, scale_modifier: float) -> torch.Tensor:
+    scales = torch.exp(gaussians.log_scales)
+    return scales if scale_modifier == 1.0 else scales * scale_modifier
+
+
+def _intrinsics(cameras: Sequence[Camera], device: torch.device) -> torch.Tensor:
+    """K [B, 3, 3] float32 on ``device``."""
+    ks = [_camera_matrix(*c.focal, c.width, c.height, torch.device(device)) for c in cameras]
+    return ks[0].unsqueeze(0) if len(ks) == 1 else torch.stack(ks)
 
 
 def _split_means2d(means2d: torch.Tensor, num_images: int) -> list[torch.Tensor]:
     """Per-image views [N, 2] of gsplat's means2d [..., N, 2] whose .grad is filled in backward.
 
     The hook sits on gsplat's own tensor (the one its rasterizer used), not on a reshaped copy.
+    It holds the views through weak references: a strong one would close a reference cycle
+    through the autograd graph (hook -> view -> its grad_fn -> means2d's node -> hook) that
+    Python's garbage collector cannot see, and every render would leak its means2d.
     """
-    flat = means2d.detach().reshape(num_images, -1, 2)
     if not means2d.requires_grad:
-        return list(flat.unbind(0))
+        return list(means2d.detach().reshape(num_images, -1, 2).unbind(0))
     views = list(means2d.reshape(num_images, -1, 2).unbind(0))
     for view in views:
         view.retain_grad()  # marks the view as grad-holding (no warning on .grad access)
+    view_refs = [weakref.ref(view) for view in views]
 
     def scatter_grad(grad: torch.Tensor) -> None:
-        for view, view_grad in zip(views, grad.reshape(num_images, -1, 2).unbind(0)):
-            view.grad = view_grad.clone() if view.grad is None else view.grad + view_grad
+        for ref, view_grad in zip(view_refs, grad.reshape(num_images, -1, 2).unbind(0)):
+            view = ref()
+            if view is not None:
+                view.grad = view_grad.clone() if view.grad is None else view.grad + view_grad
 
     means2d.register_hook(scatter_grad)
     return views
@@ -105,7 +120,7 @@ def _rasterize(means, quats, scales, opacities, colors, sh_degree, viewmats, Ks,
     render_colors = render_colors.reshape(-1, height, width, 4)
     render_alphas = render_alphas.reshape(-1, height, width, 1)
     num_images = render_colors.shape[0]
-    radii = meta["radii"].reshape(num_images, -1, 2).amax(dim=-1).to(torch.int32)
+    radii = meta["radii"].reshape(num_images, -1, 2).amax(dim=-1)  # int32
     means2d = _split_means2d(meta["means2d"], num_images)
     return [
         RenderOutput(image=render_colors[i, ..., :3].permute(2, 0, 1), alpha=render_alphas[i].permute(2, 0, 1),
@@ -128,22 +143,22 @@ def render_gsplat_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[C
         return [out for g, c, bg in zip(gaussians, cameras, backgrounds)
                 for out in render_gsplat_batch([g], [c], bg.unsqueeze(0), scale_modifier)]
     device = gaussians[0].means.device
-    viewmats = torch.stack([c.world_to_camera.to(device=device, dtype=torch.float32) for c in cameras])
+    viewmats = [c.world_to_camera.to(device=device, dtype=torch.float32) for c in cameras]
+    viewmats = viewmats[0].unsqueeze(0) if len(viewmats) == 1 else torch.stack(viewmats)
     Ks = _intrinsics(cameras, device)
     backgrounds = backgrounds.to(device=device, dtype=torch.float32)
     camera = cameras[0]
     if all(g is gaussians[0] for g in gaussians):
         g = gaussians[0]
         colors, sh_degree = _colour_input(g)
-        out = _rasterize(g.means, g.quats, torch.exp(g.log_scales) * scale_modifier,
-                         torch.sigmoid(g.opacity_logits), colors, sh_degree, viewmats, Ks, backgrounds,
-                         camera)
+        out = _rasterize(g.means, g.quats, _scales(g, scale_modifier), torch.sigmoid(g.opacity_logits), colors,
+                         sh_degree, viewmats, Ks, backgrounds, camera)
     else:
         colors, sh_degree = zip(*[_colour_input(g) for g in gaussians])
         out = _rasterize(
             torch.stack([g.means for g in gaussians]),
             torch.stack([g.quats for g in gaussians]),
-            torch.stack([torch.exp(g.log_scales) * scale_modifier for g in gaussians]),
+            torch.stack([_scales(g, scale_modifier) for g in gaussians]),
             torch.stack([torch.sigmoid(g.opacity_logits) for g in gaussians]),
             torch.stack(colors), sh_degree[0], viewmats.unsqueeze(1), Ks.unsqueeze(1),
             backgrounds.unsqueeze(1), camera,

@@ -422,3 +422,20 @@ def test_gsplat_intrinsics_match_camera_convention():
 
     cameras = [Camera.orbit(0.0, 0.0, 2.0, size=64), Camera.orbit(10.0, 30.0, 2.0, size=32).with_size(48, 32)]
     assert torch.equal(_intrinsics(cameras, torch.device("cpu")), torch.stack([c.intrinsics for c in cameras]))
+
+
+def test_gsplat_means2d_views_get_grads_and_do_not_leak():
+    import weakref
+
+    from rasterizer.gsplat_backend import _split_means2d
+
+    leaf = torch.randn(2, 5, 2, requires_grad=True)
+    base = leaf * 1.0  # stands for gsplat's meta["means2d"] [C, N, 2]
+    views = _split_means2d(base, 2)
+    for _ in range(2):  # accumulates over backward passes, like retain_grad
+        (base * torch.arange(20.0).reshape(2, 5, 2)).sum().backward(retain_graph=True)
+    torch.testing.assert_close(views[1].grad, 2 * torch.arange(10.0, 20.0).reshape(5, 2))
+    # no reference cycle through the autograd graph: dropping the outputs frees them at once
+    refs = [weakref.ref(base)] + [weakref.ref(v) for v in views]
+    del base, views
+    assert all(r() is None for r in refs)
