@@ -39,6 +39,7 @@ import io_utils
 from cam_utils import Camera
 from errors import DataError, ModelUnavailable, UserError
 from rasterizer.types import GaussianParams, RenderOutput
+from video_utils import write_video  # atomic H.264 through the ffmpeg binary (imageio-ffmpeg)
 
 CHECKPOINT_FORMAT = 1
 
@@ -78,14 +79,6 @@ def random_view_size(ratio: float, ratios: Sequence[float], sizes: Sequence[int]
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """[3, H, W] float in [0, 1] -> uint8 [H, W, 3]."""
     return (image.detach().clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
-
-
-def write_video(path: str, frames: Sequence[np.ndarray], fps: int) -> None:
-    """uint8 frames [H, W, 3] -> mp4 (imageio + ffmpeg), atomically."""
-    import imageio.v2 as imageio
-
-    with io_utils.atomic_path(path) as tmp:
-        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
 
 
 def rng_state(generator: random.Random) -> dict[str, Any]:
@@ -555,7 +548,7 @@ class Trainer:
                 image = to_uint8(self.render(camera, self.frame_time(i)).image)
                 io_utils.save_image(os.path.join(folder, f"{i:02d}.jpg"), image)
                 frames.append(image)
-            write_video(os.path.join(folder, "video.mp4"), frames, int(cfg.video_fps))
+            write_video(os.path.join(folder, "video.mp4"), frames, fps=int(cfg.video_fps))
             folders.append(folder)
         return folders
 
