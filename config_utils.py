@@ -56,6 +56,8 @@ class Config:
     device: str = "auto"  # auto = cuda when available, else cpu
     backend: str = "auto"  # rasterizer: auto | torch | gsplat
     gui: bool = False
+    viewer_size: Optional[int] = None  # viewer image size; None = ref_size (at most 512)
+    viewer_steps_per_frame: int = 1  # training steps per displayed viewer frame
     total_steps: int = 8000  # the released run stops at its save_step (8000)
     save_step: int = 8000  # save every save_step steps and at the end (0 = only at the end)
     valid_interval: int = 500  # front/back validation renders (0 = never)
@@ -112,6 +114,8 @@ class Config:
     zero123_model: str = "ashawkey/zero123-xl-diffusers"
     guidance_scale: float = 5.0
     fp16: Optional[bool] = None  # None = fp16 on CUDA, fp32 on CPU
+    guidance_compile: bool = False  # torch.compile the UNet and VAE encoder
+    guidance_channels_last: bool = False
     min_step_start: float = 0.5  # timestep window, fractions of 1000, linear up to anneal_steps
     min_step_end: float = 0.02
     max_step_start: float = 0.95
@@ -273,6 +277,8 @@ def validate_config(cfg: DictConfig, require_path: bool = True) -> None:
     need(cfg.time_mapping in TIME_MAPPINGS, f"time_mapping={cfg.time_mapping} is not one of {', '.join(TIME_MAPPINGS)}")
     for key in ("batch_size", "ref_size", "anchor_size", "iters", "num_pts", "total_steps", "log_interval", "video_fps"):
         need(cfg[key] >= 1, f"{key}={cfg[key]} must be at least 1")
+    need(cfg.viewer_size is None or cfg.viewer_size >= 1, f"viewer_size={cfg.viewer_size} must be at least 1 (or null)")
+    need(cfg.viewer_steps_per_frame >= 1, f"viewer_steps_per_frame={cfg.viewer_steps_per_frame} must be at least 1")
     for key in ("init_steps", "save_step", "valid_interval", "anchors_per_sample"):
         need(cfg[key] >= 0, f"{key}={cfg[key]} must be 0 or more")
     need(cfg.num_frames is None or cfg.num_frames >= 1, f"num_frames={cfg.num_frames} must be at least 1 (or null)")

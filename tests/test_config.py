@@ -151,3 +151,23 @@ def test_main_missing_dataset_is_one_line(capsys, tmp_path):
     code, err = run_main(["--config", config_file("stag4d.yaml"), f"path={tmp_path / 'missing'}",
                           "lambda_zero123=0", f"outdir={tmp_path / 'logs'}"], capsys)
     assert code == 2 and "missing" in err and err.count("\n") == 1
+
+
+def test_every_key_the_modules_read_is_declared():
+    """A key read by any module (``_get(cfg, "k")``, ``cfg_get(cfg, "k")``, ``_setting(cfg, "k")``)
+    must be in the schema, or the unknown-key check would reject it on the command line."""
+    import re
+
+    pattern = re.compile(r"\b(?:_get|cfg_get|_setting)\(\s*cfg\s*,\s*\"([a-z_0-9]+)\"")
+    read = {}
+    for folder, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "__pycache__", "build")]
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    for key in pattern.findall(f.read()):
+                        read.setdefault(key, os.path.relpath(path, REPO))
+    assert len(read) > 20  # the scan finds the modules' keys
+    undeclared = {k: v for k, v in read.items() if k not in config_utils.KNOWN_KEYS}
+    assert undeclared == {}
