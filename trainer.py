@@ -187,6 +187,7 @@ class Trainer:
         self.rng = random.Random(int(cfg.seed))
 
         needs_anchor_images = cfg.lambda_anchor_rgb > 0 or cfg.lambda_anchor_alpha > 0
+        self.anchor_table = cam_utils.anchor_table([list(row) for row in cfg.anchor_views])
         self.data = load_frames(
             str(cfg.path),
             ref_size=int(cfg.ref_size),
@@ -194,9 +195,9 @@ class Trainer:
             num_frames=cfg.num_frames,
             require_anchors=needs_anchor_images,
             device=self.device,
+            num_anchor_views=len(self.anchor_table),
         )
         self.num_frames = int(self.data.num_frames)
-        self.anchor_table = cam_utils.anchor_table([list(row) for row in cfg.anchor_views])
         self._check_data_against_config()
         self.train_frames = [i for i in range(self.num_frames) if i not in set(cfg.holdout_frames)]
         self.train_views = [k for k in range(self._num_anchor_views()) if k not in set(cfg.holdout_views)]
@@ -344,7 +345,6 @@ class Trainer:
             gaussians = [canonical] * len(frames)
         else:
             gaussians = self.model.gaussians_at_times(times)  # one deformation call for the batch
-        frame_idx = torch.tensor(frames, device=self.device, dtype=torch.long)
         losses: dict[str, torch.Tensor] = {}
         outputs: list[RenderOutput] = []
 
@@ -357,11 +357,11 @@ class Trainer:
             # sum over samples of the per-sample MSE, as the released loop adds one loss per sample
             if cfg.lambda_ref_rgb > 0:
                 ref_images = torch.stack([o.image for o in ref_out])
-                losses["ref_rgb"] = ratio * cfg.lambda_ref_rgb * _per_sample_mse(ref_images, self.data.ref_rgb[frame_idx])
+                losses["ref_rgb"] = ratio * cfg.lambda_ref_rgb * _per_sample_mse(ref_images, self._stack(self.data.ref_rgb, frames))
             if cfg.lambda_ref_alpha > 0:
                 ref_alphas = torch.stack([o.alpha for o in ref_out])
                 losses["ref_alpha"] = ratio * cfg.lambda_ref_alpha * _per_sample_mse(
-                    ref_alphas, self.data.ref_mask[frame_idx]
+                    ref_alphas, self._stack(self.data.ref_mask, frames)
                 )
 
         # 2-3. random view + SDS
@@ -415,16 +415,25 @@ class Trainer:
         rand_out = self._render_many(gaussians, cameras, torch.stack(backgrounds))
         outputs += rand_out
         images = torch.stack([o.image for o in rand_out])
-        as_tensor = lambda values, dtype: torch.tensor(values, device=self.device, dtype=dtype)  # noqa: E731
         return self.guidance.sds_loss(
             images,
-            as_tensor(frames, torch.long),
-            as_tensor([c[0] for c in cond], torch.long),
-            as_tensor([c[1] for c in cond], torch.float32),
-            as_tensor([c[2] for c in cond], torch.float32),
-            as_tensor([c[3] for c in cond], torch.float32),
+            self._host_to_device(frames, torch.long),
+            self._host_to_device([c[0] for c in cond], torch.long),
+            self._host_to_device([c[1] for c in cond], torch.float32),
+            self._host_to_device([c[2] for c in cond], torch.float32),
+            self._host_to_device([c[3] for c in cond], torch.float32),
             step,
         )
+
+    def _host_to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """Small host list -> device tensor without a stream sync (pinned, non-blocking copy)."""
+        pinned = self.device.type == "cuda"
+        return torch.tensor(values, dtype=dtype, pin_memory=pinned).to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _stack(images: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """images[frames] by integer views (no index tensor copied to the device): [B, ...]."""
+        return torch.stack([images[i] for i in frames])
 
     def _anchor_losses(self, gaussians: list[GaussianParams], frames: list[int], times: list[float],
                        outputs: list[RenderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
