@@ -14,6 +14,6 @@ unit the densification statistic uses (NDC, as 3D Gaussian Splatting: pixel grad
 Importing this package imports torch only (no diffusers, dearpygui or rembg).
 """
 from rasterizer.types import GaussianParams, RenderOutput, ndc_grad_norm
-from rasterizer.render import render, resolve_backend
+from rasterizer.render import render, render_batch, resolve_backend
 
-__all__ = ["GaussianParams", "RenderOutput", "render", "resolve_backend", "ndc_grad_norm"]
+__all__ = ["GaussianParams", "RenderOutput", "render", "render_batch", "resolve_backend", "ndc_grad_norm"]

@@ -1,6 +1,10 @@
 import os
 import random
 
+# On a shared 2-core machine OpenMP's default busy-wait makes every torch CPU op many times slower
+# whenever another process holds the other core; passive waiting avoids it. Must precede torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 import torch
