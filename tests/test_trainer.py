@@ -322,3 +322,39 @@ def test_trainer_module_is_headless():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_gui_hands_the_trainer_to_the_viewer(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import main
+    from trainer import Trainer
+
+    calls = []
+    fake = types.ModuleType("viewer")
+    fake.run_viewer = lambda trainer, cfg: calls.append((trainer, cfg))
+    monkeypatch.setitem(sys.modules, "viewer", fake)
+    data = make_disc_dataset(tmp_path / "disc")
+    main.main(["--config", os.path.join(REPO, "configs", "anchored.yaml"), *TINY, f"path={data}", "gui=True",
+               f"outdir={tmp_path / 'logs'}", f"valid_dir={tmp_path / 'valid'}"])
+    assert len(calls) == 1
+    trainer, cfg = calls[0]
+    assert isinstance(trainer, Trainer) and trainer.step == 0 and cfg.gui is True
+    assert not (tmp_path / "logs").exists()  # the viewer drives training, main does not
+
+
+@pytest.mark.slow
+def test_demo_config_runs_on_the_committed_demo_data(tmp_path, capsys):
+    import main
+
+    demo = os.path.join(REPO, "dataset", "demo")
+    if not os.path.isdir(os.path.join(demo, "ref")):
+        pytest.skip("dataset/demo is not here")
+    main.main(["--config", os.path.join(REPO, "configs", "demo.yaml"), "total_steps=3", "valid_interval=3",
+               "num_pts=500", "ref_size=48", "anchor_size=48", f"outdir={tmp_path / 'logs'}",
+               f"valid_dir={tmp_path / 'valid'}"])
+    assert "saved" in capsys.readouterr().out
+    assert (tmp_path / "logs" / "demo" / "3" / "checkpoint.pt").is_file()
+    assert len(os.listdir(tmp_path / "logs" / "demo" / "3" / "frames")) == 16
+    assert (tmp_path / "valid" / "demo" / "3_front" / "video.mp4").is_file()
