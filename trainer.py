@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.profiler import record_function
 
 import cam_utils
 import config_utils
@@ -340,19 +341,21 @@ class Trainer:
 
         frames = self._sample_frames(coarse)
         times = [self.frame_time(i) for i in frames]
-        if coarse:  # deformation not applied: the canonical Gaussians serve every sample
-            canonical = self.model.gaussians_at(None)
-            gaussians = [canonical] * len(frames)
-        else:
-            gaussians = self.model.gaussians_at_times(times)  # one deformation call for the batch
+        with record_function("deformation"):
+            if coarse:  # deformation not applied: the canonical Gaussians serve every sample
+                canonical = self.model.gaussians_at(None)
+                gaussians = [canonical] * len(frames)
+            else:
+                gaussians = self.model.gaussians_at_times(times)  # one deformation call for the batch
         losses: dict[str, torch.Tensor] = {}
         outputs: list[RenderOutput] = []
 
         # 1. reference view, white background
         if cfg.lambda_ref_rgb > 0 or cfg.lambda_ref_alpha > 0:
-            ref_out = self._render_many(
-                gaussians, [self.ref_camera.with_time(t) for t in times], self._white.expand(len(frames), 3)
-            )
+            with record_function("render_reference"):
+                ref_out = self._render_many(
+                    gaussians, [self.ref_camera.with_time(t) for t in times], self._white.expand(len(frames), 3)
+                )
             outputs += ref_out
             # sum over samples of the per-sample MSE, as the released loop adds one loss per sample
             if cfg.lambda_ref_rgb > 0:
@@ -387,11 +390,14 @@ class Trainer:
             )
 
         total = torch.stack(list(losses.values())).sum()
-        total.backward()
-        self.densify.accumulate(outputs, step)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.densify.step(self.model, self.optimizer, step)
+        with record_function("backward"):
+            total.backward()
+        with record_function("optimizer"):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        with record_function("densification"):
+            self.densify.accumulate(outputs, step)
+            self.densify.step(self.model, self.optimizer, step)
 
         self.last_step_time = time_module.perf_counter() - start
         result: dict[str, Any] = {k: v.detach() for k, v in losses.items()}
@@ -412,10 +418,12 @@ class Trainer:
             backgrounds.append(self._black if invert else self._white)
             view, rel_elevation, rel_azimuth = self._condition(azimuth, d_elevation)
             cond.append((view, rel_elevation, rel_azimuth, d_radius))
-        rand_out = self._render_many(gaussians, cameras, torch.stack(backgrounds))
+        with record_function("render_random"):
+            rand_out = self._render_many(gaussians, cameras, torch.stack(backgrounds))
         outputs += rand_out
         images = torch.stack([o.image for o in rand_out])
-        return self.guidance.sds_loss(
+        with record_function("sds_forward"):
+            return self.guidance.sds_loss(
             images,
             self._host_to_device(frames, torch.long),
             self._host_to_device([c[0] for c in cond], torch.long),
