@@ -46,6 +46,7 @@ import torch
 import video_utils
 from cam_utils import Camera
 from errors import UserError, exit_on_user_error
+from runs import find_model_folder, saved_steps  # noqa: F401  (saved_steps re-exported)
 
 MODES = ("image", "depth", "alpha")
 # (name, start azimuth, degrees per frame); None = one full turn over the clip (360 / F).
@@ -57,7 +58,6 @@ VIDEO_TRACKS: tuple[tuple[str, float, Optional[float]], ...] = (
     ("round", 0.0, None),
 )
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
-MODEL_FILES = ("model.ply", "deformation.pt")
 
 
 class VisualizeError(UserError):
@@ -157,40 +157,6 @@ def parse_background(value: Any) -> tuple[float, float, float]:
 
 # ------------------------------------------------------------------------------------------------
 # saved runs
-
-
-def saved_steps(run_folder: str) -> list[int]:
-    """Steps under ``run_folder`` that hold a loadable model (model.ply and deformation.pt), sorted."""
-    steps = []
-    for folder in glob.glob(os.path.join(run_folder, "*")):
-        name = os.path.basename(folder)
-        if name.isdigit() and all(os.path.isfile(os.path.join(folder, f)) for f in MODEL_FILES):
-            steps.append(int(name))
-    return sorted(steps)
-
-
-def find_model_folder(run_folder: str, load_step: Optional[int] = None) -> tuple[str, int]:
-    """(folder, step) of the model to render: ``load_step``, or the latest saved step.
-
-    Raises:
-        VisualizeError: nothing saved there (lists the runs next to it) or no such step (lists the
-            saved steps); one line.
-    """
-    steps = saved_steps(run_folder)
-    if not steps:
-        parent = os.path.dirname(os.path.normpath(run_folder)) or "."
-        runs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(parent, "*")) if saved_steps(p))
-        found = f"runs with a saved model in {parent}/: {', '.join(runs)}" if runs else f"no saved runs in {parent}/"
-        raise VisualizeError(
-            f"no saved model (<step>/model.ply + deformation.pt) under {run_folder}; {found}; "
-            "train with main.py first or fix save_path="
-        )
-    if load_step is None:
-        return os.path.join(run_folder, str(steps[-1])), steps[-1]
-    if load_step not in steps:
-        raise VisualizeError(f"{os.path.join(run_folder, str(load_step))} holds no saved model; saved steps: "
-                             f"{', '.join(map(str, steps))} (pick one with load_step= or omit it for the latest)")
-    return os.path.join(run_folder, str(load_step)), load_step
 
 
 def _saved_config(model_folder: str):

@@ -31,7 +31,6 @@ others go to the run config (config_utils).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -46,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cam_utils  # noqa: E402
 from errors import DataError, ModelUnavailable, UserError, exit_on_user_error  # noqa: E402
+from runs import find_model_folder  # noqa: E402
 
 VIEW_GROUPS = ("reference", "anchors", "eval")
 IMAGE_METRICS = ("psnr", "ssim", "iou", "clip", "lpips")
@@ -158,32 +158,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[str, list[str]]:
 # --------------------------------------------------------------------------------------------
 # Model, views and ground truth
 # --------------------------------------------------------------------------------------------
-
-
-def saved_steps(run_folder: str) -> list[int]:
-    """Steps under ``run_folder`` that hold a loadable model (model.ply and deformation.pt)."""
-    steps = []
-    for folder in glob.glob(os.path.join(run_folder, "*")):
-        name = os.path.basename(folder)
-        if name.isdigit() and all(os.path.isfile(os.path.join(folder, f)) for f in ("model.ply", "deformation.pt")):
-            steps.append(int(name))
-    return sorted(steps)
-
-
-def find_model_folder(run_folder: str, load_step: Optional[int]) -> tuple[str, int]:
-    """(folder, step) of the model to evaluate: ``load_step`` or the latest saved step."""
-    steps = saved_steps(run_folder)
-    if not steps:
-        runs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(run_folder) or ".", "*"))
-                      if os.path.isdir(p))
-        found = f"runs there: {', '.join(runs)}" if runs else "nothing there"
-        raise DataError(f"no saved model under {run_folder} ({found}): train with main.py first or fix save_path=")
-    if load_step is None:
-        return os.path.join(run_folder, str(steps[-1])), steps[-1]
-    if load_step not in steps:
-        raise DataError(f"{os.path.join(run_folder, str(load_step))} holds no saved model; "
-                        f"saved steps: {', '.join(map(str, steps))} (pick one with load_step=)")
-    return os.path.join(run_folder, str(load_step)), load_step
 
 
 def load_views_json(file: str) -> list[ViewSpec]:
