@@ -35,6 +35,7 @@ def import_viewer():
         if getattr(err, "name", None) == "viewer":
             raise UserError("gui=True needs viewer.py, which is not in this checkout; run with gui=False") from err
         raise UserError(f"gui=True: the viewer cannot start ({err}); install dearpygui or run with gui=False") from err
+    viewer.require_gui()  # dearpygui and a display, checked before any data or model is loaded
     return viewer
 
 

@@ -333,6 +333,7 @@ def test_gui_hands_the_trainer_to_the_viewer(tmp_path, monkeypatch):
 
     calls = []
     fake = types.ModuleType("viewer")
+    fake.require_gui = lambda: None
     fake.run_viewer = lambda trainer, cfg: calls.append((trainer, cfg))
     monkeypatch.setitem(sys.modules, "viewer", fake)
     data = make_disc_dataset(tmp_path / "disc")

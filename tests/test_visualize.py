@@ -300,6 +300,7 @@ def test_options():
 def test_gui_opens_the_viewer_on_the_saved_model(workspace, monkeypatch):
     calls = []
     fake = types.ModuleType("viewer")
+    fake.require_gui = lambda: None
     fake.run_viewer = lambda target, cfg=None, data=None, **kwargs: calls.append((target, cfg, data))
     monkeypatch.setitem(sys.modules, "viewer", fake)
     cfg, opts = visualize.load_config(CONFIG, cli_args(workspace, "gui=True")[2:])
