@@ -66,6 +66,9 @@ class Config:
     iters: int = 2000  # step_ratio = min(1, step / iters)
     init_steps: int = 700  # coarse stage: no deformation, time of the middle frame
     batch_size: int = 4
+    # step speed (no effect on the losses; tests/test_train_speed.py compares with them off)
+    fuse_renders: bool = True  # reference + random renders in one rasterizer call when sizes match
+    async_host_inputs: bool = True  # per-step host values reach the device by pinned non-blocking copies
 
     # --- cameras (SPEC section 2) ---
     radius: float = 2.0
@@ -116,6 +119,8 @@ class Config:
     fp16: Optional[bool] = None  # None = fp16 on CUDA, fp32 on CPU
     guidance_compile: bool = False  # torch.compile the UNet and VAE encoder
     guidance_channels_last: bool = False
+    guidance_compile_mode: str = "default"  # torch.compile mode when guidance_compile
+    guidance_cuda_graph: bool = False  # replay the UNet forward from a CUDA graph (CUDA only)
     min_step_start: float = 0.5  # timestep window, fractions of 1000, linear up to anneal_steps
     min_step_end: float = 0.02
     max_step_start: float = 0.95

@@ -22,12 +22,15 @@ Choices (documented in the README):
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
 import random
 import time as time_module
-from typing import Any, Optional, Sequence
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -150,6 +153,73 @@ def _resize_parameters(model: torch.nn.Module, state: dict[str, torch.Tensor]) -
             module.register_buffer(leaf, torch.empty_like(value, device=current.device))
 
 
+class PhaseTimer:
+    """Honest per-phase times of a profiling pass: the device is drained (``synchronize``) before
+    and after every phase, so each phase's host wall time is its device time plus its launch cost.
+
+    Only for measurement: the synchronizations remove the host/device overlap of a normal step,
+    so the sum of the phases exceeds the pipelined step time. ``totals[name]`` are milliseconds
+    summed over ``steps`` calls of :meth:`step`.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.totals: dict[str, float] = defaultdict(float)
+        self.step_total = 0.0
+        self.steps = 0
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time_module.perf_counter()
+        with record_function(name):
+            yield
+        self._sync()
+        self.totals[name] += (time_module.perf_counter() - start) * 1000.0
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Around one whole step: its synchronized time (phases + everything between them)."""
+        self._sync()
+        start = time_module.perf_counter()
+        yield
+        self._sync()
+        self.step_total += (time_module.perf_counter() - start) * 1000.0
+        self.steps += 1
+
+    def per_step(self) -> dict[str, float]:
+        """Milliseconds per step of every phase, plus ``other`` (step time outside any phase)."""
+        steps = max(1, self.steps)
+        result = {name: total / steps for name, total in self.totals.items()}
+        result["other"] = max(0.0, self.step_total / steps - sum(result.values()))
+        result["step (synchronized)"] = self.step_total / steps
+        return result
+
+
+def timed_phase(timer: Optional[PhaseTimer], name: str):
+    """``timer.phase(name)`` in a profiling pass, else a profiler label (no synchronization)."""
+    return timer.phase(name) if timer is not None else record_function(name)
+
+
+@dataclass
+class RandomViews:
+    """The random views of one step (SPEC 4.2-4.3), drawn before any render.
+
+    Attributes:
+        cameras: B orbit cameras; backgrounds: [B, 3]; cond: per sample (view, relative elevation,
+        relative azimuth, radius offset); size: render size.
+    """
+
+    cameras: list[Camera]
+    backgrounds: torch.Tensor
+    cond: list[tuple[int, float, float, float]]
+    size: int
+
+
 # ----------------------------------------------------------------------------------------------
 # the trainer
 
@@ -227,6 +297,8 @@ class Trainer:
         self.densify = DensifyStrategy(cfg)
         self.step = 0
         self.last_step_time = 0.0
+        # set by benchmarks for a profiling pass (synchronized per-phase times); None in training
+        self.phase_timer: Optional[PhaseTimer] = None
         self._white = torch.ones(3, device=self.device)
         self._black = torch.zeros(3, device=self.device)
         if cfg.load_path:
@@ -296,14 +368,15 @@ class Trainer:
             return [self.middle_frame] * int(self.cfg.batch_size)
         return [self.train_frames[self.rng.randrange(len(self.train_frames))] for _ in range(int(self.cfg.batch_size))]
 
-    def _random_view(self, size: int, time: float) -> tuple[Camera, float, float, float]:
+    def _random_view(self, size: int, time: float, device: Optional[torch.device] = None
+                     ) -> tuple[Camera, float, float, float]:
         """A random orbit camera (SPEC 4.2): (camera, elevation offset, azimuth, radius offset)."""
         from guidance.conditioning import sample_random_view
 
         d_elevation, azimuth = sample_random_view(self.rng, float(self.cfg.elevation))
         camera = cam_utils.Camera.orbit(
             float(self.cfg.elevation) + d_elevation, azimuth, float(self.cfg.radius), float(self.cfg.fovy),
-            size, time, device=self.device,
+            size, time, device=self.device if device is None else device,
         )
         return camera, float(d_elevation), float(azimuth), 0.0
 
@@ -341,21 +414,41 @@ class Trainer:
 
         frames = self._sample_frames(coarse)
         times = [self.frame_time(i) for i in frames]
-        with record_function("deformation"):
+        timer = self.phase_timer
+        with timed_phase(timer, "deformation"):
             if coarse:  # deformation not applied: the canonical Gaussians serve every sample
                 canonical = self.model.gaussians_at(None)
                 gaussians = [canonical] * len(frames)
-            else:
-                gaussians = self.model.gaussians_at_times(times)  # one deformation call for the batch
+            else:  # one deformation call for the batch
+                times_in = self._host_to_device(times, torch.float32) if cfg.async_host_inputs else times
+                gaussians = self.model.gaussians_at_times(times_in)
         losses: dict[str, torch.Tensor] = {}
         outputs: list[RenderOutput] = []
 
+        # The random views are drawn first (the reference render draws nothing from self.rng, so
+        # the draws are the same as drawing them after it) so both renders can be one call.
+        use_ref = cfg.lambda_ref_rgb > 0 or cfg.lambda_ref_alpha > 0
+        use_sds = self.guidance is not None and cfg.lambda_zero123 > 0
+        views = self._draw_random_views(times, ratio) if use_sds else None
+        ref_cameras = [self.ref_camera.with_time(t) for t in times]
+        ref_backgrounds = self._white.expand(len(frames), 3)
+        ref_out: list[RenderOutput] = []
+        rand_out: list[RenderOutput] = []
+        if use_ref and views is not None and cfg.fuse_renders and views.size == int(cfg.ref_size):
+            with timed_phase(timer, "render (reference + random, one call)"):
+                both = self._render_many(gaussians + gaussians, ref_cameras + views.cameras,
+                                         torch.cat([ref_backgrounds, views.backgrounds]))
+            ref_out, rand_out = both[: len(frames)], both[len(frames):]
+        else:
+            if use_ref:
+                with timed_phase(timer, "render_reference"):
+                    ref_out = self._render_many(gaussians, ref_cameras, ref_backgrounds)
+            if views is not None:
+                with timed_phase(timer, "render_random"):
+                    rand_out = self._render_many(gaussians, views.cameras, views.backgrounds)
+
         # 1. reference view, white background
-        if cfg.lambda_ref_rgb > 0 or cfg.lambda_ref_alpha > 0:
-            with record_function("render_reference"):
-                ref_out = self._render_many(
-                    gaussians, [self.ref_camera.with_time(t) for t in times], self._white.expand(len(frames), 3)
-                )
+        if use_ref:
             outputs += ref_out
             # sum over samples of the per-sample MSE, as the released loop adds one loss per sample
             if cfg.lambda_ref_rgb > 0:
@@ -368,34 +461,37 @@ class Trainer:
                 )
 
         # 2-3. random view + SDS
-        if self.guidance is not None and cfg.lambda_zero123 > 0:
-            losses["sds"] = cfg.lambda_zero123 * self._sds_loss(gaussians, frames, times, ratio, step, outputs)
+        if views is not None:
+            outputs += rand_out
+            losses["sds"] = cfg.lambda_zero123 * self._sds_loss(rand_out, views, frames, step)
 
         # ours: anchor views at their poses
         if (cfg.lambda_anchor_rgb > 0 or cfg.lambda_anchor_alpha > 0) and self.train_views:
-            anchor_rgb, anchor_alpha = self._anchor_losses(gaussians, frames, times, outputs)
+            with timed_phase(timer, "render_anchor"):
+                anchor_rgb, anchor_alpha = self._anchor_losses(gaussians, frames, times, outputs)
             if cfg.lambda_anchor_rgb > 0:
                 losses["anchor_rgb"] = ratio * cfg.lambda_anchor_rgb * anchor_rgb
             if cfg.lambda_anchor_alpha > 0:
                 losses["anchor_alpha"] = ratio * cfg.lambda_anchor_alpha * anchor_alpha
 
         # 4. HexPlane regularizers (fine stage), 5. anisotropy of the last sample's scales
-        if not coarse and cfg.lambda_tv > 0:
-            losses["regularizer"] = self._regularizer()  # includes lambda_tv
-        if cfg.lambda_anisotropy > 0:
-            from losses import anisotropy_loss
+        with timed_phase(timer, "regularizers"):
+            if not coarse and cfg.lambda_tv > 0:
+                losses["regularizer"] = self._regularizer()  # includes lambda_tv
+            if cfg.lambda_anisotropy > 0:
+                from losses import anisotropy_loss
 
-            losses["anisotropy"] = cfg.lambda_anisotropy * anisotropy_loss(
-                gaussians[-1].log_scales, float(cfg.scale_loss_ratio), activated=bool(cfg.anisotropy_activated)
-            )
+                losses["anisotropy"] = cfg.lambda_anisotropy * anisotropy_loss(
+                    gaussians[-1].log_scales, float(cfg.scale_loss_ratio), activated=bool(cfg.anisotropy_activated)
+                )
 
         total = torch.stack(list(losses.values())).sum()
-        with record_function("backward"):
+        with timed_phase(timer, "backward"):
             total.backward()
-        with record_function("optimizer"):
+        with timed_phase(timer, "optimizer"):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        with record_function("densification"):
+        with timed_phase(timer, "densification"):
             self.densify.accumulate(outputs, step)
             self.densify.step(self.model, self.optimizer, step)
 
@@ -406,24 +502,35 @@ class Trainer:
         result["step"] = step
         return result
 
-    def _sds_loss(self, gaussians: list[GaussianParams], frames: list[int], times: list[float], ratio: float,
-                  step: int, outputs: list[RenderOutput]) -> torch.Tensor:
+    def _draw_random_views(self, times: list[float], ratio: float) -> RandomViews:
+        """Per sample: random camera, background (inverted with ``invert_bg_prob``), conditioning.
+
+        With ``async_host_inputs`` the cameras are built on the host and their matrices reach the
+        device in one pinned non-blocking copy: building each on the device would copy from
+        pageable memory, which makes the host wait for all queued GPU work (a sync per camera).
+        """
         cfg = self.cfg
         size = random_view_size(ratio, list(cfg.render_res_ratios), list(cfg.render_res_sizes))
+        on_host = bool(cfg.async_host_inputs) and self.device.type == "cuda"
         cameras, backgrounds, cond = [], [], []
         for t in times:
-            camera, d_elevation, azimuth, d_radius = self._random_view(size, t)
+            camera, d_elevation, azimuth, d_radius = self._random_view(size, t, torch.device("cpu") if on_host else None)
             invert = self.rng.random() < float(cfg.invert_bg_prob)
             cameras.append(camera)
             backgrounds.append(self._black if invert else self._white)
             view, rel_elevation, rel_azimuth = self._condition(azimuth, d_elevation)
             cond.append((view, rel_elevation, rel_azimuth, d_radius))
-        with record_function("render_random"):
-            rand_out = self._render_many(gaussians, cameras, torch.stack(backgrounds))
-        outputs += rand_out
+        if on_host:
+            matrices = torch.stack([c.world_to_camera for c in cameras]).pin_memory()
+            matrices = matrices.to(self.device, non_blocking=True)
+            cameras = [replace(c, world_to_camera=matrices[i]) for i, c in enumerate(cameras)]
+        return RandomViews(cameras, torch.stack(backgrounds), cond, size)
+
+    def _sds_loss(self, rand_out: list[RenderOutput], views: RandomViews, frames: list[int], step: int) -> torch.Tensor:
+        """SDS of the random-view renders (one batched guidance call)."""
         images = torch.stack([o.image for o in rand_out])
-        with record_function("sds_forward"):
-            return self.guidance.sds_loss(
+        cond = views.cond
+        return self.guidance.sds_loss(
             images,
             self._host_to_device(frames, torch.long),
             self._host_to_device([c[0] for c in cond], torch.long),
@@ -631,4 +738,4 @@ def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (prediction - target).square().flatten(1).mean(dim=1).sum()
 
 
-__all__ = ["Trainer", "checkpoint_folder", "random_view_size", "resolve_device", "step_ratio"]
+__all__ = ["PhaseTimer", "Trainer", "checkpoint_folder", "random_view_size", "resolve_device", "step_ratio"]

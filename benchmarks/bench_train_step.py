@@ -7,11 +7,19 @@ The trainer is ``trainer.Trainer`` with ``configs/stag4d.yaml``, on a real datas
     # per-step median in the issue's setting: fine stage, 512x512 renders, batch 4,
     # 10k Gaussians, no densification (the step counter is placed after the densification window)
     python benchmarks/bench_train_step.py --path ../shared/data/minions --steps 30
+    # several settings side by side (one guidance build; each --variant is NAME:key=value ...)
+    python benchmarks/bench_train_step.py --path ../shared/data/minions \
+        --variant "plain: fuse_renders=false async_host_inputs=false" --variant "defaults:"
     # the whole default schedule (8000 steps with resolution schedule and densification), wall time
     python benchmarks/bench_train_step.py --path ../shared/data/minions --full
 
-Prints a table: median / p10 / p90 of per-step milliseconds (CUDA events) after warm-up, a
-breakdown of one profiled stretch by phase (trainer's record_function labels) and peak memory.
+Per setting it prints median / p10 / p90 of per-step milliseconds (CUDA events around each whole
+step, steps pipelined as in training) after warm-up, peak memory, and a phase breakdown from a
+separate PROFILING PASS: ``trainer.PhaseTimer`` synchronizes the device before and after every
+phase and times it on the host, so a phase's time is its device time plus its launch cost
+(backward included: autograd's kernels run on another host thread, which profiler labels miss).
+The synchronized step is slower than a pipelined one; "other" is the synchronized step time
+outside the named phases (loss arithmetic, sampling, stacking).
 """
 from __future__ import annotations
 
@@ -26,22 +34,24 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-PHASES = ("deformation", "render_reference", "render_random", "sds_forward", "backward", "optimizer",
-          "densification")
-
-
-def build_trainer(args, overrides: list[str]):
+def build_guidance(args):
     from bench_sds import build_components
-    from config_utils import load_config
     from guidance.zero123 import Zero123Guidance
-    from trainer import Trainer
 
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    guide = Zero123Guidance(build_components(device, args.tiny), device, dtype, guidance_scale=5.0)
-    guide.optimize(compile=args.compile)
+    return Zero123Guidance(build_components(device, args.tiny), device, dtype, guidance_scale=5.0)
+
+
+def build_trainer(args, guide, overrides: list[str]):
+    """A trainer over ``guide`` whose speed options are set from the config (guidance keys included)."""
+    from config_utils import load_config
+    from trainer import Trainer
+
     cfg = load_config(args.config, [f"path={args.path}", "save_path=bench_train_step", f"device={args.device}",
                                     f"outdir={args.outdir}", f"valid_dir={args.outdir}/valid", *overrides])
+    guide.unet_forward, guide.vae_moments = guide.unet, guide.posterior_moments  # undo a previous variant's
+    guide.optimize_from_config(cfg)
     return Trainer(cfg, guidance=guide)
 
 
@@ -71,24 +81,66 @@ def time_steps(trainer, steps: int, warmup: int, cuda: bool) -> list[float]:
     return times
 
 
-def phase_breakdown(trainer, steps: int, cuda: bool) -> dict[str, tuple[float, float]]:
-    """Per phase: (host ms per step, device ms per step) from torch.profiler over ``steps`` steps."""
-    from torch.profiler import ProfilerActivity, profile
+def phase_breakdown(trainer, steps: int) -> dict[str, float]:
+    """Milliseconds per step of each phase over ``steps`` synchronized steps (``trainer.PhaseTimer``)."""
+    from trainer import PhaseTimer
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    timer = PhaseTimer(trainer.device)
+    trainer.phase_timer = timer
+    if trainer.guidance is not None:
+        trainer.guidance.phase_timer = timer
+    try:
         for _ in range(steps):
-            trainer.train_step()
-        if cuda:
-            torch.cuda.synchronize()
-    result = {}
-    for event in prof.key_averages():
-        if event.key in PHASES:
-            device_us = getattr(event, "device_time_total", None)
-            if device_us is None:
-                device_us = getattr(event, "cuda_time_total", 0.0)
-            result[event.key] = (event.cpu_time_total / 1000.0 / steps, device_us / 1000.0 / steps)
-    return result
+            with timer.step():
+                trainer.train_step()
+    finally:
+        trainer.phase_timer = None
+        if trainer.guidance is not None:
+            trainer.guidance.phase_timer = None
+    return timer.per_step()
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """"NAME: key=value key=value" -> (NAME, overrides)."""
+    name, _, rest = text.partition(":")
+    return name.strip(), rest.split()
+
+
+def run_full(args, guide, overrides: list[str], cuda: bool, startup_s: float) -> None:
+    """The whole schedule through ``Trainer.train`` (validation and saves as configured), with the
+    wall time of every ``--segment`` steps (one device sync per segment)."""
+    t0 = time.perf_counter()
+    trainer = build_trainer(args, guide, overrides)
+    startup_s += time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    marks = [(0, time.perf_counter(), trainer.model.num)]
+    step_once = trainer.train_step
+
+    def timed_step():
+        result = step_once()
+        if trainer.step % args.segment == 0:
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append((trainer.step, time.perf_counter(), trainer.model.num))
+        return result
+
+    trainer.train_step = timed_step
+    t1 = time.perf_counter()
+    trainer.train()
+    if cuda:
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - t1
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    print(f"overrides: {' '.join(overrides) or '(none)'}")
+    print("| mode | start-up s | training s | total s | steps | Gaussians | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| full schedule | {startup_s:.1f} | {train_s:.1f} | {startup_s + train_s:.1f} | {trainer.step} "
+          f"| {trainer.model.num} | {peak:.2f} |")
+    print("\n| steps | wall s | ms/step | Gaussians at end |")
+    print("|---|---|---|---|")
+    for (s0, t0_, _), (s1, t1_, n1) in zip(marks, marks[1:]):
+        print(f"| {s0}-{s1} | {t1_ - t0_:.1f} | {1000.0 * (t1_ - t0_) / (s1 - s0):.1f} | {n1} |")
 
 
 def main() -> None:
@@ -102,48 +154,60 @@ def main() -> None:
     parser.add_argument("--start-step", type=int, default=7000,
                         help="step counter before timing: fine stage, ratio 1 (512 renders), past densification")
     parser.add_argument("--full", action="store_true", help="run the whole default schedule and print wall time")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the guidance UNet")
+    parser.add_argument("--segment", type=int, default=500, help="--full: steps per timed segment")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the guidance UNet (guidance_compile=true)")
     parser.add_argument("--tiny", action="store_true", help="tiny guidance (smoke test of this script on CPU)")
     parser.add_argument("--outdir", default="/tmp/bench_train_step")
+    parser.add_argument("--variant", action="append", default=[],
+                        help='"NAME: key=value ...": a setting timed side by side with the others (repeatable)')
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. num_pts=10000 batch_size=4")
     args = parser.parse_args()
     cuda = torch.device(args.device).type == "cuda"
+    common = list(args.overrides) + (["guidance_compile=true"] if args.compile else [])
 
     t0 = time.perf_counter()
-    trainer = build_trainer(args, args.overrides)
+    guide = build_guidance(args)
     startup_s = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
     if args.full:
-        t1 = time.perf_counter()
-        trainer.train()
-        if cuda:
-            torch.cuda.synchronize()
-        train_s = time.perf_counter() - t1
-        print(f"| mode | start-up s | training s | total s | steps | Gaussians | peak GiB |")
-        print(f"|---|---|---|---|---|---|---|")
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        print(f"| full schedule | {startup_s:.1f} | {train_s:.1f} | {startup_s + train_s:.1f} | {trainer.step} "
-              f"| {trainer.model.num} | {peak:.2f} |")
+        run_full(args, guide, common, cuda, startup_s)
         return
 
-    trainer.step = args.start_step
-    times = time_steps(trainer, args.steps, args.warmup, cuda)
-    phases = phase_breakdown(trainer, args.profile_steps, cuda)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    variants = [parse_variant(v) for v in args.variant] or [("config", [])]
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    print(f"device: {name}; Gaussians: {trainer.model.num}; batch {trainer.cfg.batch_size}; "
-          f"ref {trainer.cfg.ref_size}px; start-up {startup_s:.1f} s")
-    print("| step ms median | p10 | p90 | peak GiB |")
-    print("|---|---|---|---|")
-    print(f"| {statistics.median(times):.1f} | {percentile(times, 0.1):.1f} | {percentile(times, 0.9):.1f} "
-          f"| {peak:.2f} |")
-    print("\n| phase | host ms/step | device ms/step |")
-    print("|---|---|---|")
-    for phase in PHASES:
-        host, device_ms = phases.get(phase, (0.0, 0.0))
-        print(f"| {phase} | {host:.1f} | {device_ms:.1f} |")
+    rows, breakdowns = [], {}
+    for label, extra in variants:
+        trainer = build_trainer(args, guide, common + extra)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        trainer.step = args.start_step
+        t1 = time.perf_counter()
+        times = time_steps(trainer, args.steps, args.warmup, cuda)
+        warm_s = time.perf_counter() - t1
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        breakdowns[label] = phase_breakdown(trainer, args.profile_steps)
+        rows.append((label, extra, statistics.median(times), percentile(times, 0.1), percentile(times, 0.9), peak,
+                     warm_s, trainer.model.num))
+        print(f"[{label}] median {statistics.median(times):.1f} ms", flush=True)
+        del trainer
+        if cuda:
+            torch.cuda.empty_cache()
+
+    print(f"device: {name}; common overrides: {' '.join(common) or '(none)'}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up from step {args.start_step}; "
+          f"guidance build {startup_s:.1f} s")
+    print("| setting | overrides | Gaussians | step ms median | p10 | p90 | peak GiB | warm-up+timed s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, extra, med, p10, p90, peak, warm_s, num in rows:
+        print(f"| {label} | {' '.join(extra) or '-'} | {num} | {med:.1f} | {p10:.1f} | {p90:.1f} | {peak:.2f} "
+              f"| {warm_s:.1f} |")
+    print(f"\nphase breakdown: {args.profile_steps} synchronized steps per setting (CUDA synchronize before and "
+          "after each phase, host wall time; not pipelined, so the phases sum to more than the step median)")
+    phases = list(dict.fromkeys(p for b in breakdowns.values() for p in b))
+    print("| phase | " + " | ".join(f"{label} ms" for label in breakdowns) + " |")
+    print("|---|" + "---|" * len(breakdowns))
+    for phase in phases:
+        print(f"| {phase} | " + " | ".join(f"{b.get(phase, 0.0):.1f}" for b in breakdowns.values()) + " |")
 
 
 if __name__ == "__main__":

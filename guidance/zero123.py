@@ -29,8 +29,10 @@ Conventions (as the released code):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -283,6 +285,58 @@ def camera_code(d_elevation: torch.Tensor, d_azimuth: torch.Tensor, d_radius: to
     return torch.stack([elevation, torch.sin(azimuth), torch.cos(azimuth), d_radius.float()], dim=-1)
 
 
+class GraphedUNet:
+    """The frozen UNet's forward (no grad) replayed from a CUDA graph, one graph per input shape.
+
+    The zero123-xl UNet at 32x32 latents runs hundreds of small kernels whose launch cost exceeds
+    their run time; a replay launches them all at once. Inputs are copied into the graph's static
+    buffers and the output is cloned out (the next replay overwrites it). The captured kernels are
+    those eager mode runs (after warm-up iterations on a side stream, as CUDA graphs require), so
+    the results are the eager ones. A failed capture warns once and returns None (caller: eager).
+    """
+
+    def __init__(self, unet: Any, warmup: int = 3):
+        self.unet = unet
+        self.warmup = warmup
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], torch.Tensor]] = {}
+
+    def _forward(self, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timesteps, encoder_hidden_states=context).sample
+
+    @torch.no_grad()
+    def _capture(self, inputs: tuple[torch.Tensor, ...]):
+        static = tuple(x.clone() for x in inputs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._forward(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._forward(*static)
+        return graph, static, output
+
+    @torch.no_grad()
+    def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> Optional[torch.Tensor]:
+        """[N, 2C, h, w], [N], [N, 1, D] -> eps [N, C, h, w] (model dtype), or None if capture failed."""
+        inputs = (sample, timesteps, context)
+        key = tuple((tuple(x.shape), x.dtype, x.stride()) for x in inputs)
+        entry = self.graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(inputs)
+            except Exception as err:  # capture is an optimization: fall back to eager
+                warnings.warn(f"guidance_cuda_graph: UNet capture failed ({type(err).__name__}: {err}); eager UNet")
+                return None
+            self.graphs[key] = entry
+        graph, static, output = entry
+        for buffer, value in zip(static, inputs):
+            buffer.copy_(value)
+        graph.replay()
+        return output.clone()
+
+
 # ----------------------------------------------------------------------------------------------
 # Guidance
 
@@ -342,6 +396,8 @@ class Zero123Guidance:
         self.unet_forward = self.unet  # replaced by a compiled version in optimize()
         self.vae_moments = self.posterior_moments  # likewise
         self.memory_format = torch.contiguous_format
+        self.graphed_unet: Optional[GraphedUNet] = None  # set by optimize(cuda_graph=True)
+        self.phase_timer: Any = None  # set by benchmarks (trainer.PhaseTimer)
         # Set by prepare(): per frame, slot 0 = reference, slot 1 + k = anchor k.
         self.clip_embeds: Optional[torch.Tensor] = None  # [T, 1 + V, D]
         self.cond_latents: Optional[torch.Tensor] = None  # [T, 1 + V, C, h, w]
@@ -355,22 +411,39 @@ class Zero123Guidance:
         name = str(cfg_get(cfg, "zero123_model", DEFAULT_ZERO123_MODEL))
         components = load_zero123_components(name, dtype)
         guide = cls(components, device, dtype, float(cfg_get(cfg, "guidance_scale", 5.0)), cfg)
-        guide.optimize(
-            channels_last=bool(cfg_get(cfg, "guidance_channels_last", False)),
-            compile=bool(cfg_get(cfg, "guidance_compile", False)),
-        )
+        guide.optimize_from_config(cfg)
         return guide
 
-    def optimize(self, channels_last: bool = False, compile: bool = False) -> None:
-        """Speed options: channels_last memory format for the UNet and the VAE, and/or torch.compile
-        of the UNet and of the VAE encoder (forward and backward; first call compiles, ~1 min)."""
+    def optimize_from_config(self, cfg: Any) -> None:
+        """:meth:`optimize` with the config keys ``guidance_channels_last``, ``guidance_compile``,
+        ``guidance_compile_mode`` and ``guidance_cuda_graph``."""
+        self.optimize(
+            channels_last=bool(cfg_get(cfg, "guidance_channels_last", False)),
+            compile=bool(cfg_get(cfg, "guidance_compile", False)),
+            compile_mode=str(cfg_get(cfg, "guidance_compile_mode", "default")),
+            cuda_graph=bool(cfg_get(cfg, "guidance_cuda_graph", False)),
+        )
+
+    def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
+                 cuda_graph: bool = False) -> None:
+        """Speed options: channels_last memory format for the UNet and the VAE; torch.compile
+        (``compile_mode``) of the UNet and of the VAE encoder (forward and backward; the first call
+        compiles, ~1 min); ``cuda_graph``: the UNet forward replayed from a CUDA graph (CUDA only,
+        the same kernels as eager, no compile; when both are set the graph replays the compiled
+        UNet's kernels)."""
         if channels_last:
             self.memory_format = torch.channels_last
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         if compile:
-            self.unet_forward = torch.compile(self.unet)
-            self.vae_moments = torch.compile(self.posterior_moments)
+            mode = None if compile_mode in ("", "default") else compile_mode
+            self.unet_forward = torch.compile(self.unet, mode=mode)
+            self.vae_moments = torch.compile(self.posterior_moments, mode=mode)
+        self.graphed_unet = GraphedUNet(self.unet_forward) if cuda_graph and self.device.type == "cuda" else None
+
+    def _phase(self, name: str):
+        """The benchmark's synchronized phase timer (``trainer.PhaseTimer``) when set, else nothing."""
+        return self.phase_timer.phase(name) if self.phase_timer is not None else contextlib.nullcontext()
 
     @property
     def num_frames(self) -> int:
@@ -464,7 +537,13 @@ class Zero123Guidance:
             [torch.cat([noisy, cond_latents], dim=1), torch.cat([noisy, torch.zeros_like(cond_latents)], dim=1)]
         ).contiguous(memory_format=self.memory_format)
         context_in = torch.cat([context, torch.zeros_like(context)])[:, None, :]
-        eps = self.unet_forward(latent_in, torch.cat([timesteps, timesteps]), encoder_hidden_states=context_in).sample
+        timesteps_in = torch.cat([timesteps, timesteps])
+        if self.graphed_unet is not None:
+            eps = self.graphed_unet(latent_in, timesteps_in, context_in)
+            if eps is None:  # capture failed (warned once): eager from now on
+                self.graphed_unet = None
+        if self.graphed_unet is None:
+            eps = self.unet_forward(latent_in, timesteps_in, encoder_hidden_states=context_in).sample
         eps_cond, eps_uncond = eps.float().chunk(2)
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
 
@@ -502,8 +581,9 @@ class Zero123Guidance:
         if noise is None:
             noise = self.draw_noise(batch, step)
 
-        latents = self.encode_images(resize_square(images), noise.latent_eps)  # [B, C, h, w], with grad
-        with torch.no_grad():
+        with self._phase("vae_encode (forward)"):
+            latents = self.encode_images(resize_square(images), noise.latent_eps)  # [B, C, h, w], with grad
+        with torch.no_grad(), self._phase("unet (CLIP context, noising, guided UNet)"):
             frame = frame_idx.to(self.device, torch.long)
             slot = cond_view.to(self.device, torch.long) + 1
             camera = camera_code(d_elevation, d_azimuth, d_radius).to(self.device)

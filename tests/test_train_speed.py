@@ -1,0 +1,108 @@
+"""The step's speed options change nothing but speed: a trainer step with them on gives the losses
+(to fp16 tolerance) and the parameter gradients (to 1e-3 relative) of the plain step, same seed.
+
+CPU: ``fuse_renders`` / ``async_host_inputs`` with the tiny Zero123 guidance and the torch
+rasterizer. CUDA (``-m cuda``): the same with gsplat, fp16 guidance and ``guidance_cuda_graph``.
+"""
+import pytest
+import torch
+
+from test_guidance import build_tiny_components
+from test_trainer import tiny_config
+
+PLAIN = ["fuse_renders=false", "async_host_inputs=false", "guidance_cuda_graph=false"]
+FAST = ["fuse_renders=true", "async_host_inputs=true", "guidance_cuda_graph=true"]
+
+
+def run_steps(cfg, steps: int = 2):
+    """(losses per step as floats, parameter gradients per step, rasterizer calls, the trainer)."""
+    from guidance.zero123 import Zero123Guidance
+    from trainer import Trainer
+
+    device = torch.device(str(cfg.device))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    guide = Zero123Guidance(build_tiny_components(), device, dtype, 5.0, cfg)
+    guide.optimize_from_config(cfg)
+    trainer = Trainer(cfg, guidance=guide)
+    trainer.step = int(cfg.iters) + 5  # fine stage, ratio 1: random views at ref_size (fusable)
+
+    grads: list[dict[str, torch.Tensor]] = []
+    adam_step = trainer.optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        grads.append({name: p.grad.detach().float().clone() for name, p in trainer.model.named_parameters()
+                      if p.grad is not None})
+        return adam_step(*args, **kwargs)
+
+    trainer.optimizer.step = record_then_step
+    calls = []
+    render_many = trainer._render_many
+    trainer._render_many = lambda g, c, b: calls.append(len(c)) or render_many(g, c, b)
+
+    torch.manual_seed(1234)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(1234)
+    losses = []
+    for _ in range(steps):
+        result = trainer.train_step()
+        losses.append({k: float(v) for k, v in result.items() if isinstance(v, torch.Tensor)})
+    return losses, grads, calls, trainer
+
+
+def assert_same_step(plain, fast):
+    losses_plain, grads_plain, _, _ = plain
+    losses_fast, grads_fast, _, _ = fast
+    assert losses_fast[0].keys() == losses_plain[0].keys() and "sds" in losses_plain[0]
+    for step_plain, step_fast in zip(losses_plain, losses_fast):
+        for key, value in step_plain.items():
+            assert step_fast[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
+    assert len(grads_fast) == len(grads_plain) == len(losses_plain)
+    for step_plain, step_fast in zip(grads_plain, grads_fast):
+        assert step_fast.keys() == step_plain.keys() and "means" in step_plain
+        for name, grad in step_plain.items():
+            error = (step_fast[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+            assert error <= 1e-3, f"{name}: relative gradient difference {float(error):.2e}"
+
+
+def test_fast_step_equals_plain_step_cpu(tmp_path):
+    plain = run_steps(tiny_config(tmp_path, "stag4d.yaml", PLAIN))
+    fast = run_steps(tiny_config(tmp_path, "stag4d.yaml", FAST))
+    # the options are in effect: per step one rasterizer call of 4 views instead of two of 2
+    assert plain[2] == [2, 2, 2, 2] and fast[2] == [4, 4]
+    assert fast[3].guidance.graphed_unet is None  # CUDA only
+    assert_same_step(plain, fast)
+
+
+def test_fused_render_only_when_sizes_match(tmp_path):
+    # the random view at 16 px, the reference at 32 px: two calls even with fuse_renders
+    cfg = tiny_config(tmp_path, "stag4d.yaml", FAST + ["render_res_sizes=[16,16,16]"])
+    _, _, calls, _ = run_steps(cfg, steps=1)
+    assert calls == [2, 2]
+
+
+@pytest.mark.cuda
+def test_fast_step_equals_plain_step_cuda(tmp_path):
+    gpu = ["device=cuda", "backend=gsplat"]
+    plain = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + PLAIN))
+    fast = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + FAST))
+    assert plain[2] == [2, 2, 2, 2] and fast[2] == [4, 4]
+    graphed = fast[3].guidance.graphed_unet
+    assert graphed is not None and len(graphed.graphs) == 1  # the UNet ran from its CUDA graph
+    assert_same_step(plain, fast)
+
+
+@pytest.mark.cuda
+def test_graphed_unet_equals_eager_unet():
+    from guidance.zero123 import GraphedUNet
+
+    unet = build_tiny_components().unet.to("cuda", torch.float16).eval().requires_grad_(False)
+    graphed = GraphedUNet(unet)
+    generator = torch.Generator("cuda").manual_seed(0)
+    for _ in range(2):  # the second call replays the graph with new inputs
+        sample = torch.randn(4, 8, 32, 32, device="cuda", generator=generator).half()
+        timesteps = torch.randint(0, 1000, (4,), device="cuda", generator=generator)
+        context = torch.randn(4, 1, unet.config.cross_attention_dim, device="cuda", generator=generator).half()
+        with torch.no_grad():
+            eager = unet(sample, timesteps, encoder_hidden_states=context).sample
+        torch.testing.assert_close(graphed(sample, timesteps, context), eager, rtol=1e-3, atol=1e-3)
+    assert len(graphed.graphs) == 1
