@@ -123,6 +123,10 @@ def run_full(args, guide, overrides: list[str], cuda: bool, startup_s: float) ->
             if cuda:
                 torch.cuda.synchronize()
             marks.append((trainer.step, time.perf_counter(), trainer.model.num))
+            (s0, t0_, _), (s1, t1_, n1) = marks[-2], marks[-1]
+            # streamed (a run cut short keeps its segments)
+            print(f"[segment] steps {s0}-{s1}: {t1_ - t0_:.1f} s, {1000.0 * (t1_ - t0_) / (s1 - s0):.1f} ms/step, "
+                  f"{n1} Gaussians, {t1_ - marks[0][1] + startup_s:.1f} s since start", flush=True)
         return result
 
     trainer.train_step = timed_step
@@ -188,7 +192,10 @@ def main() -> None:
         breakdowns[label] = phase_breakdown(trainer, args.profile_steps)
         rows.append((label, extra, statistics.median(times), percentile(times, 0.1), percentile(times, 0.9), peak,
                      warm_s, trainer.model.num))
-        print(f"[{label}] median {statistics.median(times):.1f} ms", flush=True)
+        # streamed as each setting finishes (a long run cut short keeps what it measured)
+        print(f"[{label}] step ms median {statistics.median(times):.1f} p10 {percentile(times, 0.1):.1f} "
+              f"p90 {percentile(times, 0.9):.1f} peak {peak:.2f} GiB; synchronized phases ms: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in breakdowns[label].items()), flush=True)
         del trainer
         if cuda:
             torch.cuda.empty_cache()

@@ -421,7 +421,7 @@ class Zero123Guidance:
             channels_last=bool(cfg_get(cfg, "guidance_channels_last", False)),
             compile=bool(cfg_get(cfg, "guidance_compile", False)),
             compile_mode=str(cfg_get(cfg, "guidance_compile_mode", "default")),
-            cuda_graph=bool(cfg_get(cfg, "guidance_cuda_graph", False)),
+            cuda_graph=bool(cfg_get(cfg, "guidance_cuda_graph", True)),
         )
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
