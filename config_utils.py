@@ -66,9 +66,10 @@ class Config:
     iters: int = 2000  # step_ratio = min(1, step / iters)
     init_steps: int = 700  # coarse stage: no deformation, time of the middle frame
     batch_size: int = 4
-    # step speed (no effect on the losses; tests/test_train_speed.py compares with them off)
-    fuse_renders: bool = True  # reference + random renders in one rasterizer call when sizes match
-    async_host_inputs: bool = True  # per-step host values reach the device by pinned non-blocking copies
+    # step speed (same losses; tests/test_train_speed.py compares them on and off). Off by default:
+    # no gain measured on the H100 (bench_train_step, within run-to-run noise)
+    fuse_renders: bool = False  # reference + random renders in one rasterizer call when sizes match
+    async_host_inputs: bool = False  # per-step host values reach the device by pinned non-blocking copies
 
     # --- cameras (SPEC section 2) ---
     radius: float = 2.0

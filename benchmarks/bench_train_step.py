@@ -124,8 +124,8 @@ def run_full(args, guide, overrides: list[str], cuda: bool, startup_s: float) ->
                 torch.cuda.synchronize()
             marks.append((trainer.step, time.perf_counter(), trainer.model.num))
             (s0, t0_, _), (s1, t1_, n1) = marks[-2], marks[-1]
-            # streamed (a run cut short keeps its segments)
-            print(f"[segment] steps {s0}-{s1}: {t1_ - t0_:.1f} s, {1000.0 * (t1_ - t0_) / (s1 - s0):.1f} ms/step, "
+            # streamed on a line of its own (tqdm's bar ends with no newline); a run cut short keeps them
+            print(f"\n[segment] steps {s0}-{s1}: {t1_ - t0_:.1f} s, {1000.0 * (t1_ - t0_) / (s1 - s0):.1f} ms/step, "
                   f"{n1} Gaussians, {t1_ - marks[0][1] + startup_s:.1f} s since start", flush=True)
         return result
 
