@@ -307,6 +307,29 @@ def validate_config(cfg: DictConfig, require_path: bool = True) -> None:
     need(cfg.load_step is None or cfg.load_path is not None, "load_step is set but load_path is not: add load_path=NAME")
 
 
+def split_script_overrides(
+    overrides: Sequence[str], script_keys: Sequence[str], example: str = "save_path=run1"
+) -> tuple[list[str], dict[str, Any]]:
+    """Split ``key=value`` items into run-config overrides and a script's own options.
+
+    Scripts such as visualize.py and evaluate.py take a run config plus keys of their own
+    (``script_keys``); the first list goes to :func:`load_config`, the dict is the parsed rest.
+
+    Raises:
+        ConfigError: an item is not ``key=value`` or the script's items cannot be parsed (one line).
+    """
+    config_items, own_items = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"argument '{item}' is not key=value (e.g. {example})")
+        (own_items if item.split("=", 1)[0].strip() in script_keys else config_items).append(item)
+    try:
+        own = OmegaConf.to_container(OmegaConf.from_dotlist(own_items)) if own_items else {}
+    except Exception as err:  # omegaconf's grammar errors come in several classes
+        raise ConfigError(f"cannot parse {own_items}: {_first_line(err)}") from None
+    return config_items, own  # type: ignore[return-value]
+
+
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML text (what ``config.yaml`` of a saved run holds)."""
     return OmegaConf.to_yaml(cfg, resolve=True)
@@ -325,6 +348,7 @@ __all__ = [
     "config_from_dict",
     "default_config",
     "load_config",
+    "split_script_overrides",
     "to_container",
     "to_yaml",
     "validate_config",

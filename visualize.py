@@ -46,7 +46,7 @@ import torch
 import video_utils
 from cam_utils import Camera
 from errors import UserError, exit_on_user_error
-from runs import find_model_folder, saved_steps  # noqa: F401  (saved_steps re-exported)
+from runs import find_model_folder
 
 MODES = ("image", "depth", "alpha")
 # (name, start azimuth, degrees per frame); None = one full turn over the clip (360 / F).
@@ -100,17 +100,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[str, list[str]]:
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], VisualizeOptions]:
     """(run-config overrides, this script's options) from ``key=value`` items."""
-    from omegaconf import OmegaConf
+    from config_utils import split_script_overrides
 
-    config_items, own_items = [], []
-    for item in overrides:
-        if "=" not in item:
-            raise VisualizeError(f"argument '{item}' is not key=value (e.g. save_path=run1 or frames=60)")
-        (own_items if item.split("=", 1)[0].strip() in OPTION_KEYS else config_items).append(item)
-    try:
-        own = OmegaConf.to_container(OmegaConf.from_dotlist(own_items)) if own_items else {}
-    except Exception as err:  # omegaconf's grammar errors come in several classes
-        raise VisualizeError(f"cannot parse {own_items}: {str(err).strip().splitlines()[0]}") from None
+    config_items, own = split_script_overrides(overrides, OPTION_KEYS, example="save_path=run1 or frames=60")
     return config_items, make_options(**own)
 
 

@@ -103,17 +103,9 @@ class ViewGroup:
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], EvalOptions]:
     """(run-config overrides, this script's options) from ``key=value`` items."""
-    from omegaconf import OmegaConf
+    from config_utils import split_script_overrides
 
-    config_items, own_items = [], []
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"argument '{item}' is not key=value (e.g. save_path=run1 or views=eval)")
-        (own_items if item.split("=", 1)[0].strip() in EVAL_KEYS else config_items).append(item)
-    try:
-        own = OmegaConf.to_container(OmegaConf.from_dotlist(own_items)) if own_items else {}
-    except Exception as err:
-        raise UserError(f"cannot parse {own_items}: {str(err).splitlines()[0]}") from None
+    config_items, own = split_script_overrides(overrides, EVAL_KEYS, example="save_path=run1 or views=eval")
     opts = EvalOptions()
     for key, value in own.items():
         setattr(opts, key, value)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cam_utils
+import runs
 import video_utils
 import visualize
 from deformation import DeformationConfig
@@ -241,7 +242,7 @@ def test_contact_sheet_tiles_are_the_renders():
 
 def test_find_model_folder(workspace):
     run = str(workspace / "logs" / "run")
-    assert visualize.saved_steps(run) == [5, 10]
+    assert runs.saved_steps(run) == [5, 10]
     assert visualize.find_model_folder(run) == (os.path.join(run, "10"), 10)
     assert visualize.find_model_folder(run, 5) == (os.path.join(run, "5"), 5)
     with pytest.raises(UserError, match=r"saved steps: 5, 10") as err:
