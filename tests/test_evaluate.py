@@ -1,9 +1,7 @@
 """scripts/evaluate.py end to end on a tiny hand-built model and a dataset rendered from it."""
-import importlib.util
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from errors import DataError
 from gs_renderer import GaussianModel4D
 from io_utils import save_image
 from rasterizer import render
+from script_loader import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = 3
@@ -26,15 +25,7 @@ EVAL_VIEWS = [{"name": "az060_el-15", "elevation": -15, "azimuth": 60},
               {"name": "az200_el10", "elevation": 10, "azimuth": 200}]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", os.path.join(REPO, "scripts", "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate_script"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ev = _load_script()
+ev = load_script("evaluate")
 
 
 def _tiny_model(seed: int) -> GaussianModel4D:

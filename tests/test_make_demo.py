@@ -1,15 +1,14 @@
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from data_loader import load_frames
+from script_loader import load_script
 
-import make_demo  # noqa: E402
-from data_loader import load_frames  # noqa: E402
+make_demo = load_script("make_demo")
 
 FRAMES, SIZE = 3, 48
 SPACING = 0.04  # coarser than the default (4x fewer Gaussians) to keep the test fast

@@ -1,25 +1,15 @@
 """scripts/prepare_video.py on synthetic inputs: MP4, GIF and image folders, and its errors."""
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from errors import DataError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_video", os.path.join(REPO, "scripts", "prepare_video.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["prepare_video"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
-pv = _load_script()
+
+pv = load_script("prepare_video")
 
 BACKGROUND = (200, 200, 200)
 DISC = (220, 30, 30)
