@@ -5,8 +5,13 @@ Entry-point scripts catch :class:`UserError` and print ``error: <message>`` with
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
+import logging
 import sys
+import warnings
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -33,3 +38,26 @@ def exit_on_user_error(main):
             sys.exit(2)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def quiet_hub_warnings(loggers: tuple[str, ...] = ("huggingface_hub", "diffusers", "transformers")) -> Iterator[None]:
+    """Raise the model libraries' loggers to ERROR and ignore their Python warnings during a load.
+
+    Offline, the hub client logs a warning for every retried request (and diffusers a deprecation
+    warning) before giving up; our loaders turn the failure into one ModelUnavailable line, which
+    those messages would bury.
+    """
+    for name in loggers:  # a library sets its logger's level when first imported: import it first
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    previous = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)

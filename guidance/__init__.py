@@ -87,16 +87,17 @@ def load_guidance(cfg: Any, device: "torch.device | str") -> Guidance:
     Raises:
         errors.ModelUnavailable: the model cannot be found or downloaded.
     """
-    from errors import ModelUnavailable
+    from errors import ModelUnavailable, quiet_hub_warnings
 
-    try:
-        from .zero123 import Zero123Guidance
-    except ImportError as err:  # diffusers / transformers missing or broken
-        raise ModelUnavailable(
-            f"Zero123 guidance needs diffusers and transformers ({err}): pip install -r requirements.txt, "
-            "or use configs/anchored.yaml, which needs no diffusion model"
-        ) from err
-    return Zero123Guidance.from_config(cfg, device)
+    with quiet_hub_warnings():
+        try:
+            from .zero123 import Zero123Guidance
+        except ImportError as err:  # diffusers / transformers missing or broken
+            raise ModelUnavailable(
+                f"Zero123 guidance needs diffusers and transformers ({err}): pip install -r requirements.txt, "
+                "or use configs/anchored.yaml, which needs no diffusion model"
+            ) from err
+        return Zero123Guidance.from_config(cfg, device)
 
 
 __all__ = ["DEFAULT_ZERO123_MODEL", "Guidance", "cfg_get", "load_guidance"]

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cam_utils import tile_box  # noqa: E402
-from errors import DataError, UserError, exit_on_user_error  # noqa: E402
+from errors import DataError, UserError, exit_on_user_error, quiet_hub_warnings  # noqa: E402
 from io_utils import save_image  # noqa: E402
 
 MATTINGS = ("rembg", "color")
@@ -193,7 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     matte(np.zeros((8, 8, 3), dtype=np.uint8), args.matting)  # fail now, not after the first frame
     device = resolve_device(args.device)
-    pipe = load_pipeline(args.model, device=device)
+    with quiet_hub_warnings():
+        pipe = load_pipeline(args.model, device=device)
     anchor = None if args.no_temporal_anchor else TemporalAnchor("record")
     tile = args.width // 2
     first = frames[0][0]
