@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cam_utils import tile_box  # noqa: E402
-from errors import DataError, UserError, exit_on_user_error, quiet_hub_warnings  # noqa: E402
+from errors import DataError, ModelUnavailable, UserError, exit_on_user_error, quiet_hub_warnings  # noqa: E402
 from io_utils import save_image  # noqa: E402
 
 MATTINGS = ("rembg", "color")
@@ -191,7 +191,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "(--overwrite to regenerate)")
         return 0
 
-    matte(np.zeros((8, 8, 3), dtype=np.uint8), args.matting)  # fail now, not after the first frame
+    try:  # fail now, not after the first frame
+        matte(np.zeros((8, 8, 3), dtype=np.uint8), args.matting)
+    except ModelUnavailable as err:
+        raise ModelUnavailable(f"--matting {args.matting}: {err}; or run gen_mv.py with --matting color (offline)") from err
     device = resolve_device(args.device)
     with quiet_hub_warnings():
         pipe = load_pipeline(args.model, device=device)
