@@ -16,14 +16,15 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import knn  # noqa: E402
+from timing import time_calls  # noqa: E402
 
 
 def ball_cloud(n: int, device: str, seed: int = 0) -> torch.Tensor:
@@ -44,29 +45,6 @@ def clustered_cloud(n: int, device: str, seed: int = 0) -> torch.Tensor:
     blobs = (centers + 0.02 * torch.randn(8, per_blob, 3, device=device, generator=g)).reshape(-1, 3)
     far = (torch.rand(n - blobs.shape[0], 3, device=device, generator=g) * 2 - 1) * 5
     return torch.cat([blobs, far])
-
-
-def time_ms(fn: Callable[[], torch.Tensor], device: str, warmup: int,
-            repeats: int) -> tuple[list[float], torch.Tensor]:
-    """Milliseconds of each of ``repeats`` calls after ``warmup`` calls, and the last result."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    result = None
-    for _ in range(repeats):
-        if device == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            result = fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            begin = time.perf_counter()
-            result = fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return times, result
 
 
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -95,7 +73,8 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA device; use --device cpu for a smoke test")
-    ext = knn.load_extension() if args.device == "cuda" else None
+    cuda = args.device == "cuda"
+    ext = knn.load_extension() if cuda else None
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; extension: "
           f"{'simple_knn._C' if ext is not None else 'not available'}")
@@ -111,8 +90,8 @@ def main() -> None:
             points = makers[cloud](n, args.device)
             ext_times, ext_out = None, None
             if ext is not None:
-                ext_times, ext_out = time_ms(lambda: ext.distCUDA2(points), args.device,
-                                             args.warmup, args.repeats)
+                ext_times, ext_out = time_calls(lambda: ext.distCUDA2(points), cuda,
+                                                args.warmup, args.repeats)
             estimate = None if last_torch is None else last_torch[1] * (n / last_torch[0]) ** 2
             torch_fn = lambda: knn.mean_sq_dist_knn3(points, backend="torch")  # noqa: E731
             torch_times, torch_out, note = None, None, ""
@@ -122,9 +101,9 @@ def main() -> None:
                 # the torch path's cost does not depend on the cloud: measured on the first one
                 note = f"torch skipped (estimated {estimate:.0f} s; same cost as {args.clouds[0]})"
             elif estimate is not None and estimate > args.torch_max_seconds:
-                torch_times, torch_out = time_ms(torch_fn, args.device, 0, 1)
+                torch_times, torch_out = time_calls(torch_fn, cuda, 0, 1)
             else:
-                torch_times, torch_out = time_ms(torch_fn, args.device, args.warmup, args.repeats)
+                torch_times, torch_out = time_calls(torch_fn, cuda, args.warmup, args.repeats)
             if torch_times is not None:
                 last_torch = (n, statistics.median(torch_times) / 1e3)
             diff = "-"

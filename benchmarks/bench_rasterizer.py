@@ -16,15 +16,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cam_utils import Camera  # noqa: E402
 from rasterizer import GaussianParams, render  # noqa: E402
+from timing import time_calls  # noqa: E402
 
 
 def ball_scene(n: int, device: str, seed: int = 0) -> list[torch.Tensor]:
@@ -38,27 +39,6 @@ def ball_scene(n: int, device: str, seed: int = 0) -> list[torch.Tensor]:
     opacity_logits = torch.logit(0.05 + 0.9 * torch.rand(n, generator=gen))
     sh = torch.randn(n, 1, 3, generator=gen) * 0.5
     return [t.to(device).requires_grad_(True) for t in (means, log_scales, quats, opacity_logits, sh)]
-
-
-def time_ms(fn: Callable[[], None], device: str, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return times
 
 
 def pipelined_ms(fn: Callable[[], None], repeats: int) -> float:
@@ -139,9 +119,10 @@ def measure(backend: str, device: str, num: int, size: int, warmup: int, repeats
         with torch.no_grad():
             forward()
 
-    fwd = time_ms(forward, device, warmup, repeats)
-    fwd_bwd = time_ms(forward_backward, device, warmup, repeats)
-    no_grad = time_ms(forward_no_grad, device, warmup, repeats)
+    cuda = device == "cuda"
+    fwd, _ = time_calls(forward, cuda, warmup, repeats)
+    fwd_bwd, _ = time_calls(forward_backward, cuda, warmup, repeats)
+    no_grad, _ = time_calls(forward_no_grad, cuda, warmup, repeats)
     pipelined = pipelined_ms(forward_backward, repeats) if device == "cuda" else float("nan")
     with torch.no_grad():
         visible = int((forward()[1] > 0).sum())

@@ -22,6 +22,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timing import percentile, time_calls  # noqa: E402
 
 # --- zero123-xl configs (diffusers layout of ashawkey/zero123-xl-diffusers) --------------------
 # UNet: Stable Diffusion 1.x UNet (as lambdalabs/sd-image-variations, which Zero123 fine-tunes)
@@ -127,33 +130,6 @@ def build_components(device: torch.device, tiny: bool = False):
     )
 
 
-class Timer:
-    """Milliseconds of a callable: CUDA events on GPU, perf_counter on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn, iters: int, warmup: int) -> list[float]:
-        for _ in range(warmup):
-            fn()
-        if self.cuda:
-            torch.cuda.synchronize()
-        times = []
-        for _ in range(iters):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1000.0)
-        return times
-
-
 def set_variant(guide, channels_last: bool, compiled_unet=None, compiled_vae=None) -> None:
     """Switch the UNet and VAE between memory formats / compiled callables (side-by-side runs)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -162,11 +138,6 @@ def set_variant(guide, channels_last: bool, compiled_unet=None, compiled_vae=Non
     guide.memory_format = fmt
     guide.unet_forward = compiled_unet if compiled_unet is not None else guide.unet
     guide.vae_moments = compiled_vae if compiled_vae is not None else guide.posterior_moments
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def main() -> None:
@@ -186,7 +157,11 @@ def main() -> None:
 
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    timer = Timer(device)
+    cuda = device.type == "cuda"
+
+    def timer(fn, iters: int, warmup: int) -> list[float]:
+        return time_calls(fn, cuda, warmup, iters)[0]
+
     t0 = time.perf_counter()
     guide = Zero123Guidance(build_components(device, args.tiny), device, dtype, guidance_scale=5.0)
     build_s = time.perf_counter() - t0

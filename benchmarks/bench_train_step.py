@@ -14,7 +14,7 @@ The trainer is ``trainer.Trainer`` with ``configs/stag4d.yaml``, on a real datas
     python benchmarks/bench_train_step.py --path ../shared/data/minions --full
 
 Per setting it prints median / p10 / p90 of per-step milliseconds (CUDA events around each whole
-step, steps pipelined as in training) after warm-up, peak memory, and a phase breakdown from a
+step; within a step the host runs ahead of the device as in training) after warm-up, peak memory, and a phase breakdown from a
 separate PROFILING PASS: ``trainer.PhaseTimer`` synchronizes the device before and after every
 phase and times it on the host, so a phase's time is its device time plus its launch cost
 (backward included: autograd's kernels run on another host thread, which profiler labels miss).
@@ -33,6 +33,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timing import percentile, time_calls  # noqa: E402
 
 def build_guidance(args):
     from bench_sds import build_components
@@ -53,32 +55,6 @@ def build_trainer(args, guide, overrides: list[str]):
     guide.unet_forward, guide.vae_moments = guide.unet, guide.posterior_moments  # undo a previous variant's
     guide.optimize_from_config(cfg)
     return Trainer(cfg, guidance=guide)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def time_steps(trainer, steps: int, warmup: int, cuda: bool) -> list[float]:
-    for _ in range(warmup):
-        trainer.train_step()
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            trainer.train_step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            trainer.train_step()
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return times
 
 
 def phase_breakdown(trainer, steps: int) -> dict[str, float]:
@@ -186,7 +162,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         trainer.step = args.start_step
         t1 = time.perf_counter()
-        times = time_steps(trainer, args.steps, args.warmup, cuda)
+        times, _ = time_calls(trainer.train_step, cuda, args.warmup, args.steps)
         warm_s = time.perf_counter() - t1
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         breakdowns[label] = phase_breakdown(trainer, args.profile_steps)
