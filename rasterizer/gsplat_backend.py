@@ -1,4 +1,4 @@
-"""CUDA backend: ``gsplat.rasterization`` (gsplat 1.5.3), imported lazily.
+"""CUDA backend: gsplat 1.5.3's projection, tile binning and rasterization kernels, imported lazily.
 
 One call renders a whole batch when the views share the image size and clipping planes and the
 Gaussian sets share their count and colour layout (batch dimension of gsplat); the same Gaussian
@@ -12,13 +12,17 @@ screen-space gradient in pixels, as with the torch backend.
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from typing import Sequence
 
 import torch
 
 from cam_utils import Camera
+from rasterizer.sh import SH_C0
 from rasterizer.types import GaussianParams, RenderOutput
+
+TILE_SIZE = 16  # pixels per tile side, gsplat's default
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,22 +110,71 @@ def _split_means2d(means2d: torch.Tensor, num_images: int) -> list[torch.Tensor]
     return views
 
 
+def _camera_centres(viewmats: torch.Tensor) -> torch.Tensor:
+    """Camera centres [..., C, 3] in world space from rigid world-to-camera matrices [..., C, 4, 4].
+
+    -R^T t in closed form: ``torch.inverse`` (what ``gsplat.rasterization`` uses) makes the host
+    wait for the GPU to report the inversion's status.
+    """
+    rotation, translation = viewmats[..., :3, :3], viewmats[..., :3, 3:]
+    return -(rotation.transpose(-1, -2) @ translation).squeeze(-1)
+
+
+def _view_colours(means, colors, sh_degree, viewmats, radii) -> torch.Tensor:
+    """RGB [..., C, N, 3] of every Gaussian as seen by every camera (3DGS: 0.5 + SH, clamped at 0).
+
+    Degree 0 is view-independent: one multiply-add, no direction and no SH kernel.
+    """
+    image_dims = viewmats.shape[:-2]
+    n = means.shape[-2]
+    if sh_degree is None:
+        return colors.unsqueeze(-3).expand(*image_dims, n, 3)
+    if sh_degree == 0:
+        rgb = colors[..., 0, :] * SH_C0 + 0.5
+        return torch.clamp_min(rgb, 0.0).unsqueeze(-3).expand(*image_dims, n, 3)
+    from gsplat import spherical_harmonics
+
+    dirs = means.unsqueeze(-3) - _camera_centres(viewmats).unsqueeze(-2)  # [..., C, N, 3]
+    coeffs = colors.unsqueeze(-4).expand(*image_dims, *colors.shape[-3:])
+    rgb = spherical_harmonics(sh_degree, dirs, coeffs, masks=(radii > 0).all(dim=-1))
+    return torch.clamp_min(rgb + 0.5, 0.0)
+
+
 def _rasterize(means, quats, scales, opacities, colors, sh_degree, viewmats, Ks, backgrounds,
                camera: Camera) -> list[RenderOutput]:
-    """One ``gsplat.rasterization`` call, split into one RenderOutput per image."""
-    from gsplat import rasterization
+    """Project, bin into tiles and composite with gsplat's CUDA functions; one RenderOutput per image.
 
-    render_colors, render_alphas, meta = rasterization(
-        means, quats, scales, opacities, colors, viewmats, Ks, camera.width, camera.height,
-        near_plane=camera.near, far_plane=camera.far, eps2d=0.3, sh_degree=sh_degree, packed=False,
-        backgrounds=backgrounds, render_mode="RGB+D",
-    )
-    height, width = camera.height, camera.width
-    render_colors = render_colors.reshape(-1, height, width, 4)
-    render_alphas = render_alphas.reshape(-1, height, width, 1)
-    num_images = render_colors.shape[0]
-    radii = meta["radii"].reshape(num_images, -1, 2).amax(dim=-1)  # int32
-    means2d = _split_means2d(meta["means2d"], num_images)
+    The steps of ``gsplat.rasterization`` (pinhole camera, unpacked, classic mode, RGB+D) called
+    directly: that function spends more host time than its kernels take (argument checks, a
+    host-synchronising matrix inverse for the camera centres, a per-call K), and this renderer is
+    host-bound at the sizes we train at.
+
+    Shapes: means [..., N, 3], quats [..., N, 4], scales [..., N, 3], opacities [..., N], colors
+    [..., N, K, 3] (SH) or [..., N, 3] (RGB), viewmats [..., C, 4, 4], Ks [..., C, 3, 3],
+    backgrounds [..., C, 3] with ``...`` empty or (B,).
+    """
+    from gsplat import fully_fused_projection, isect_offset_encode, isect_tiles, rasterize_to_pixels
+
+    width, height = camera.width, camera.height
+    radii, means2d, depths, conics, _ = fully_fused_projection(
+        means, None, quats, scales, viewmats, Ks, width, height, eps2d=0.3, near_plane=camera.near,
+        far_plane=camera.far, opacities=opacities)  # radii [..., C, N, 2], means2d [..., C, N, 2]
+    image_dims = means2d.shape[:-2]
+    num_images = math.prod(image_dims)
+    rgb = _view_colours(means, colors, sh_degree, viewmats, radii)
+    features = torch.cat([rgb, depths.unsqueeze(-1)], dim=-1)  # [..., C, N, 4]: RGB + depth
+    backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(*image_dims, 1)], dim=-1)
+    tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+    _, isect_ids, flatten_ids = isect_tiles(means2d, radii, depths, TILE_SIZE, tiles_x, tiles_y)
+    isect_offsets = isect_offset_encode(isect_ids, num_images, tiles_x, tiles_y).reshape(*image_dims, tiles_y, tiles_x)
+    opacities = opacities.unsqueeze(-2).expand(*image_dims, means.shape[-2])
+    render_colors, render_alphas = rasterize_to_pixels(
+        means2d, conics, features, opacities, width, height, TILE_SIZE, isect_offsets, flatten_ids,
+        backgrounds=backgrounds)
+    render_colors = render_colors.reshape(num_images, height, width, 4)
+    render_alphas = render_alphas.reshape(num_images, height, width, 1)
+    radii = radii.reshape(num_images, -1, 2).amax(dim=-1)  # int32
+    means2d = _split_means2d(means2d, num_images)
     return [
         RenderOutput(image=render_colors[i, ..., :3].permute(2, 0, 1), alpha=render_alphas[i].permute(2, 0, 1),
                      depth=render_colors[i, ..., 3:4].permute(2, 0, 1), radii=radii[i], means2d=means2d[i],
