@@ -122,6 +122,7 @@ class Config:
     guidance_channels_last: bool = False
     guidance_compile_mode: str = "default"  # torch.compile mode when guidance_compile
     guidance_cuda_graph: bool = True  # replay the UNet forward from a CUDA graph (CUDA only; same results)
+    guidance_cuda_graph_vae: bool = True  # VAE encoder forward + backward from CUDA graphs (CUDA only; same results)
     min_step_start: float = 0.5  # timestep window, fractions of 1000, linear up to anneal_steps
     min_step_end: float = 0.02
     max_step_start: float = 0.95
@@ -145,6 +146,7 @@ class Config:
     rotation_lr: float = 0.002
     lr_delay_steps: int = 0  # ours; 0 = the released run (its delay multipliers then have no effect)
     adam_eps: float = 1e-15
+    fused_adam: bool = True  # one fused CUDA kernel for the Adam update (CUDA only; same update)
 
     # --- densification (SPEC section 6) ---
     density_start_iter: int = 1200

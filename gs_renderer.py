@@ -254,7 +254,9 @@ def build_optimizer(model: GaussianModel4D, cfg: Any = None) -> tuple[torch.opti
     [1.6e-3]* -> grid_lr_final [1.6e-4]* (both with deformation_lr_delay_mult [0.02]); all three
     over position_lr_max_steps [2000] with lr_delay_steps [0] (released: no delay, see
     lr_schedules); feature_lr [5e-3] (f_rest: / 20); opacity_lr [0.02]; scaling_lr [0.01];
-    rotation_lr [0.002]; adam_eps [1e-15]. The learning rates are set for step 0.
+    rotation_lr [0.002]; adam_eps [1e-15]; fused_adam [true]: torch's fused Adam kernel when the
+    model is on CUDA (the same update; the default multi-tensor Adam launches several kernels per
+    group). The learning rates are set for step 0.
     """
     def get(key: str, default: float) -> float:
         return float(_get(cfg, key, default))
@@ -288,7 +290,8 @@ def build_optimizer(model: GaussianModel4D, cfg: Any = None) -> tuple[torch.opti
     ]
     for group in groups:
         group["lr"] = schedules[group["name"]](0)
-    optimizer = torch.optim.Adam(groups, lr=0.0, eps=get("adam_eps", 1e-15))
+    fused = bool(_get(cfg, "fused_adam", True)) and model.means.device.type == "cuda"
+    optimizer = torch.optim.Adam(groups, lr=0.0, eps=get("adam_eps", 1e-15), fused=fused or None)
     scheduler = LRScheduler(optimizer, schedules)
     scheduler.step(0)
     return optimizer, scheduler

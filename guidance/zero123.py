@@ -337,6 +337,41 @@ class GraphedUNet:
         return output.clone()
 
 
+class GraphedEncoder:
+    """The VAE posterior moments, forward AND backward replayed from CUDA graphs, one pair per shape.
+
+    The SDS gradient reaches the renders through the frozen VAE encoder, whose forward and backward
+    at 256x256 are again hundreds of launch-bound kernels. ``torch.cuda.make_graphed_callables``
+    captures both (after warm-up) into one autograd function: same kernels, same results as eager.
+    Only calls that need a gradient are graphed (the capture records the backward); others run
+    eagerly. A failed capture warns once and returns None (caller: eager from then on).
+    """
+
+    def __init__(self, moments: Any, warmup: int = 3):
+        self.moments = moments
+        self.warmup = warmup
+        self.graphs: dict[tuple, Any] = {}
+
+    def __call__(self, pixels: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """pixels [B, 3, H, W] (requires grad) -> (mean, std) [B, C, h, w], or None if capture failed."""
+        if not (torch.is_grad_enabled() and pixels.requires_grad):
+            return self.moments(pixels)
+        key = (tuple(pixels.shape), pixels.dtype, pixels.stride())
+        graphed = self.graphs.get(key)
+        if graphed is None:
+            sample = pixels.detach().clone().requires_grad_(True)
+            try:
+                graphed = torch.cuda.make_graphed_callables(self.moments, (sample,), num_warmup_iters=self.warmup)
+            except Exception as err:  # capture is an optimization: fall back to eager
+                warnings.warn(f"guidance_cuda_graph: VAE encoder capture failed ({type(err).__name__}: {err}); "
+                              "eager encoder")
+                return None
+            self.graphs[key] = graphed
+        # The graph's outputs and input gradient live in static buffers that the next replay
+        # overwrites; one SDS call consumes both (loss, then backward) before the next call.
+        return graphed(pixels)
+
+
 # ----------------------------------------------------------------------------------------------
 # Guidance
 
@@ -397,6 +432,7 @@ class Zero123Guidance:
         self.vae_moments = self.posterior_moments  # likewise
         self.memory_format = torch.contiguous_format
         self.graphed_unet: Optional[GraphedUNet] = None  # set by optimize(cuda_graph=True)
+        self.graphed_encoder: Optional[GraphedEncoder] = None  # set by optimize(cuda_graph_vae=True)
         self.phase_timer: Any = None  # set by benchmarks (trainer.PhaseTimer)
         # Set by prepare(): per frame, slot 0 = reference, slot 1 + k = anchor k.
         self.clip_embeds: Optional[torch.Tensor] = None  # [T, 1 + V, D]
@@ -416,21 +452,22 @@ class Zero123Guidance:
 
     def optimize_from_config(self, cfg: Any) -> None:
         """:meth:`optimize` with the config keys ``guidance_channels_last``, ``guidance_compile``,
-        ``guidance_compile_mode`` and ``guidance_cuda_graph``."""
+        ``guidance_compile_mode``, ``guidance_cuda_graph`` and ``guidance_cuda_graph_vae``."""
         self.optimize(
             channels_last=bool(cfg_get(cfg, "guidance_channels_last", False)),
             compile=bool(cfg_get(cfg, "guidance_compile", False)),
             compile_mode=str(cfg_get(cfg, "guidance_compile_mode", "default")),
             cuda_graph=bool(cfg_get(cfg, "guidance_cuda_graph", True)),
+            cuda_graph_vae=bool(cfg_get(cfg, "guidance_cuda_graph_vae", True)),
         )
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
-                 cuda_graph: bool = False) -> None:
+                 cuda_graph: bool = False, cuda_graph_vae: bool = False) -> None:
         """Speed options: channels_last memory format for the UNet and the VAE; torch.compile
         (``compile_mode``) of the UNet and of the VAE encoder (forward and backward; the first call
         compiles, ~1 min); ``cuda_graph``: the UNet forward replayed from a CUDA graph (CUDA only,
         the same kernels as eager, no compile; when both are set the graph replays the compiled
-        UNet's kernels)."""
+        UNet's kernels); ``cuda_graph_vae``: the VAE encoder's forward and backward likewise."""
         if channels_last:
             self.memory_format = torch.channels_last
             self.unet.to(memory_format=torch.channels_last)
@@ -439,7 +476,9 @@ class Zero123Guidance:
             mode = None if compile_mode in ("", "default") else compile_mode
             self.unet_forward = torch.compile(self.unet, mode=mode)
             self.vae_moments = torch.compile(self.posterior_moments, mode=mode)
-        self.graphed_unet = GraphedUNet(self.unet_forward) if cuda_graph and self.device.type == "cuda" else None
+        on_cuda = self.device.type == "cuda"
+        self.graphed_unet = GraphedUNet(self.unet_forward) if cuda_graph and on_cuda else None
+        self.graphed_encoder = GraphedEncoder(self.vae_moments) if cuda_graph_vae and on_cuda else None
 
     def _phase(self, name: str):
         """The benchmark's synchronized phase timer (``trainer.PhaseTimer``) when set, else nothing."""
@@ -518,7 +557,12 @@ class Zero123Guidance:
     def encode_images(self, images: torch.Tensor, latent_eps: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Renders [B, 3, 256, 256] in [0, 1] -> latents [B, C, h, w] * scaling factor (differentiable)."""
         pixels = (images * 2.0 - 1.0).to(self.dtype).contiguous(memory_format=self.memory_format)
-        mean, std = self.vae_moments(pixels)
+        moments = None
+        if self.graphed_encoder is not None:
+            moments = self.graphed_encoder(pixels)
+            if moments is None:  # capture failed (warned once): eager from now on
+                self.graphed_encoder = None
+        mean, std = moments if moments is not None else self.vae_moments(pixels)
         if latent_eps is None:
             latent_eps = torch.randn_like(mean)
         return (mean + std * latent_eps.to(mean.dtype)) * self.latent_scale

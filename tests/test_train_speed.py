@@ -2,7 +2,8 @@
 (to fp16 tolerance) and the parameter gradients (to 1e-3 relative) of the plain step, same seed.
 
 CPU: ``fuse_renders`` / ``async_host_inputs`` with the tiny Zero123 guidance and the torch
-rasterizer. CUDA (``-m cuda``): the same with gsplat, fp16 guidance and ``guidance_cuda_graph``.
+rasterizer. CUDA (``-m cuda``): the same with gsplat, fp16 guidance, ``guidance_cuda_graph``,
+``guidance_cuda_graph_vae`` and ``fused_adam``.
 """
 import pytest
 import torch
@@ -10,8 +11,10 @@ import torch
 from test_guidance import build_tiny_components
 from test_trainer import tiny_config
 
-PLAIN = ["fuse_renders=false", "async_host_inputs=false", "guidance_cuda_graph=false"]
-FAST = ["fuse_renders=true", "async_host_inputs=true", "guidance_cuda_graph=true"]
+PLAIN = ["fuse_renders=false", "async_host_inputs=false", "guidance_cuda_graph=false", "guidance_cuda_graph_vae=false",
+         "fused_adam=false"]
+FAST = ["fuse_renders=true", "async_host_inputs=true", "guidance_cuda_graph=true", "guidance_cuda_graph_vae=true",
+        "fused_adam=true"]
 
 
 def run_steps(cfg, steps: int = 2):
@@ -69,7 +72,8 @@ def test_fast_step_equals_plain_step_cpu(tmp_path):
     fast = run_steps(tiny_config(tmp_path, "stag4d.yaml", FAST))
     # the options are in effect: per step one rasterizer call of 4 views instead of two of 2
     assert plain[2] == [2, 2, 2, 2] and fast[2] == [4, 4]
-    assert fast[3].guidance.graphed_unet is None  # CUDA only
+    assert fast[3].guidance.graphed_unet is None and fast[3].guidance.graphed_encoder is None  # CUDA only
+    assert not fast[3].optimizer.defaults["fused"]  # CUDA only
     assert_same_step(plain, fast)
 
 
@@ -88,6 +92,9 @@ def test_fast_step_equals_plain_step_cuda(tmp_path):
     assert plain[2] == [2, 2, 2, 2] and fast[2] == [4, 4]
     graphed = fast[3].guidance.graphed_unet
     assert graphed is not None and len(graphed.graphs) == 1  # the UNet ran from its CUDA graph
+    encoder = fast[3].guidance.graphed_encoder
+    assert encoder is not None and len(encoder.graphs) == 1  # so did the VAE encoder, both ways
+    assert fast[3].optimizer.defaults["fused"] and not plain[3].optimizer.defaults["fused"]
     assert_same_step(plain, fast)
 
 
@@ -105,4 +112,36 @@ def test_graphed_unet_equals_eager_unet():
         with torch.no_grad():
             eager = unet(sample, timesteps, encoder_hidden_states=context).sample
         torch.testing.assert_close(graphed(sample, timesteps, context), eager, rtol=1e-3, atol=1e-3)
+    assert len(graphed.graphs) == 1
+
+
+@pytest.mark.cuda
+def test_graphed_encoder_equals_eager_encoder():
+    """Forward (mean, std) and the gradient reaching the pixels, graph replay vs eager, twice."""
+    from guidance.zero123 import GraphedEncoder
+
+    vae = build_tiny_components().vae.to("cuda", torch.float16).eval().requires_grad_(False)
+
+    def moments(pixels):
+        posterior = vae.encode(pixels).latent_dist
+        return posterior.mean, posterior.std
+
+    graphed = GraphedEncoder(moments)
+    generator = torch.Generator("cuda").manual_seed(0)
+    for _ in range(2):  # the second call replays the graphs with new inputs
+        pixels = (torch.rand(4, 3, 64, 64, device="cuda", generator=generator) * 2 - 1).half()
+        latent_shape = (4, vae.config.latent_channels, 8, 8)  # 64 px / 2**3 (four encoder levels)
+        weights = torch.randn(2, *latent_shape, device="cuda", generator=generator).half()
+        results = []
+        for fn in (moments, graphed):
+            x = pixels.clone().requires_grad_(True)
+            mean, std = fn(x)
+            assert mean.shape == std.shape == latent_shape
+            ((weights[0] * mean).float().sum() + (weights[1] * std).float().sum()).backward()
+            results.append((mean.detach().clone(), std.detach().clone(), x.grad.clone()))
+        for eager, replayed in zip(*results):
+            torch.testing.assert_close(replayed, eager, rtol=1e-3, atol=1e-3)
+    assert len(graphed.graphs) == 1
+    with torch.no_grad():  # no gradient wanted: eager, nothing captured
+        graphed(pixels)
     assert len(graphed.graphs) == 1
