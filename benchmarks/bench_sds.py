@@ -1,6 +1,6 @@
 """Benchmark: one Zero123 SDS call (forward + backward to the image) at full model size.
 
-The zero123-xl architecture is built from its configs (below) with RANDOM weights (no weights can
+The zero123-xl architecture is built from its configs (guidance/random_model.py) with RANDOM weights (no weights can
 be downloaded here), in fp16 on CUDA. Timing does not depend on the weight values.
 
     python benchmarks/bench_sds.py                      # batch 4, 256x256 renders, all variants
@@ -26,109 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from timing import percentile, time_calls  # noqa: E402
 
-# --- zero123-xl configs (diffusers layout of ashawkey/zero123-xl-diffusers) --------------------
-# UNet: Stable Diffusion 1.x UNet (as lambdalabs/sd-image-variations, which Zero123 fine-tunes)
-# with 8 input channels (4 noisy + 4 condition latent); 256x256 images -> 32x32 latents.
-UNET_CONFIG = dict(
-    sample_size=32,
-    in_channels=8,
-    out_channels=4,
-    center_input_sample=False,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    downsample_padding=1,
-    mid_block_scale_factor=1,
-    act_fn="silu",
-    norm_num_groups=32,
-    norm_eps=1e-5,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-# VAE: the Stable Diffusion KL-f8 autoencoder.
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=256,
-    scaling_factor=0.18215,
-)
-# Image encoder: CLIP ViT-L/14 vision tower with a 768-d projection.
-CLIP_VISION_CONFIG = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    num_channels=3,
-    image_size=224,
-    patch_size=14,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-    projection_dim=768,
-)
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-)
-PROCESSOR_CONFIG = dict(
-    size={"shortest_edge": 224},
-    crop_size={"height": 224, "width": 224},
-    image_mean=[0.48145466, 0.4578275, 0.40821073],
-    image_std=[0.26862954, 0.26130258, 0.27577711],
-)
-PROJECTION_CONFIG = dict(embedding_dim=768, additional_embeddings=4)
-
-TINY_OVERRIDES = dict(
-    unet=dict(block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, cross_attention_dim=16,
-              attention_head_dim=4, norm_num_groups=4),
-    vae=dict(block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=4),
-    clip=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=32,
-              projection_dim=16),
-    projection=dict(embedding_dim=16),
-)
-
-
-def build_components(device: torch.device, tiny: bool = False):
-    """Random-weight zero123-xl components, built directly on ``device``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from guidance.zero123 import CLIPCameraProjection, Zero123Components
-
-    def cfg(base, key):
-        return {**base, **(TINY_OVERRIDES[key] if tiny else {})}
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNet2DConditionModel(**cfg(UNET_CONFIG, "unet"))
-        vae = AutoencoderKL(**cfg(VAE_CONFIG, "vae"))
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg(CLIP_VISION_CONFIG, "clip")))
-        projection = CLIPCameraProjection(**cfg(PROJECTION_CONFIG, "projection"))
-    return Zero123Components(
-        vae=vae,
-        image_encoder=image_encoder,
-        unet=unet,
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
-        feature_extractor=CLIPImageProcessor(**PROCESSOR_CONFIG),
-        projection=projection,
-    )
-
 
 def set_variant(guide, channels_last: bool, compiled_unet=None, compiled_vae=None) -> None:
     """Switch the UNet and VAE between memory formats / compiled callables (side-by-side runs)."""
@@ -153,6 +50,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
+    from guidance.random_model import build_random_components
     from guidance.zero123 import Zero123Guidance
 
     device = torch.device(args.device)
@@ -163,7 +61,7 @@ def main() -> None:
         return time_calls(fn, cuda, warmup, iters)[0]
 
     t0 = time.perf_counter()
-    guide = Zero123Guidance(build_components(device, args.tiny), device, dtype, guidance_scale=5.0)
+    guide = Zero123Guidance(build_random_components(device, args.tiny), device, dtype, guidance_scale=5.0)
     build_s = time.perf_counter() - t0
     params = {name: sum(p.numel() for p in getattr(guide, name).parameters()) / 1e6
               for name in ("unet", "vae", "image_encoder", "projection")}

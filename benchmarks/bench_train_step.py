@@ -1,6 +1,6 @@
 """Benchmark the real trainer's step in the faithful setting, with full-size Zero123 guidance.
 
-The zero123-xl architecture is built from its configs (benchmarks/bench_sds.py) with RANDOM
+The zero123-xl architecture is built from its configs (guidance/random_model.py) with RANDOM
 weights (no weights can be downloaded here), fp16 on CUDA: the same compute as the real model.
 The trainer is ``trainer.Trainer`` with ``configs/stag4d.yaml``, on a real dataset.
 
@@ -37,12 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import percentile, time_calls  # noqa: E402
 
 def build_guidance(args):
-    from bench_sds import build_components
+    from guidance.random_model import build_random_components
     from guidance.zero123 import Zero123Guidance
 
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    return Zero123Guidance(build_components(device, args.tiny), device, dtype, guidance_scale=5.0)
+    return Zero123Guidance(build_random_components(device, args.tiny), device, dtype, guidance_scale=5.0)
 
 
 def build_trainer(args, guide, overrides: list[str]):

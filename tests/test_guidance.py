@@ -22,9 +22,10 @@ from guidance.conditioning import (
     choose_condition_view,
     sample_random_view,
 )
+from guidance.random_model import TINY_EMBED, build_random_components
 from guidance.schedule import timestep_window, window_fractions
 
-EMBED = 16  # CLIP projection dim = UNet cross-attention dim = projection embedding dim (768 in the real model)
+EMBED = TINY_EMBED  # CLIP projection = UNet cross-attention = camera projection width (768 in the real model)
 
 
 class FixedRng:
@@ -40,60 +41,8 @@ class FixedRng:
 
 
 def build_tiny_components():
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from guidance.zero123 import CLIPCameraProjection, Zero123Components
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,  # 256 -> 32, as the real VAE
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(4, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=256,
-        scaling_factor=0.18215,
-    )
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=EMBED,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    )
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=224,
-            patch_size=32,
-            projection_dim=EMBED,
-            hidden_act="quick_gelu",
-        )
-    )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
-    projection = CLIPCameraProjection(embedding_dim=EMBED, additional_embeddings=4)
-    return Zero123Components(vae, image_encoder, unet, scheduler, processor, projection)
+    """The tiny random Zero123 of guidance.random_model (seed 0), on the CPU in float32."""
+    return build_random_components(tiny=True)
 
 
 @pytest.fixture(scope="module")
