@@ -115,3 +115,34 @@ def build_random_components(device: torch.device | str = "cpu", tiny: bool = Fal
         feature_extractor=CLIPImageProcessor(**PROCESSOR_CONFIG),
         projection=projection,
     )
+
+
+def save_random_model(folder: str, tiny: bool = False, fp16: bool = False, seed: int = 0) -> None:
+    """Write a random-weight Zero123 in the released folder layout (fp16 files as the "fp16" variant)."""
+    components = build_random_components("cpu", tiny, seed)
+    if fp16:
+        for module in (components.vae, components.unet, components.image_encoder, components.projection):
+            module.to(torch.float16)
+    components.save_pretrained(folder, variant="fp16" if fp16 else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m guidance.random_model OUT [--tiny] [--fp16]``: a model folder that ``main.py
+    zero123_model=OUT`` loads like the real one, for offline runs and speed measurements."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m guidance.random_model",
+        description="Write a random-weight Zero123 in the released folder layout; main.py zero123_model=OUT "
+                    "loads it like the real model (offline runs, speed measurements; its images are noise).")
+    parser.add_argument("out", help="folder to write (created)")
+    parser.add_argument("--tiny", action="store_true", help="a ~130k-parameter model instead of zero123-xl's size")
+    parser.add_argument("--fp16", action="store_true", help="store float16 weights as the fp16 variant")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    save_random_model(args.out, args.tiny, args.fp16, args.seed)
+    print(f"random-weight Zero123 ({'tiny' if args.tiny else 'zero123-xl size'}) written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -47,8 +47,11 @@ def build_tiny_components():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
+    """A tiny random model written by ``python -m guidance.random_model OUT --tiny``."""
+    from guidance import random_model
+
     folder = str(tmp_path_factory.mktemp("zero123-tiny"))
-    build_tiny_components().save_pretrained(folder)
+    random_model.main([folder, "--tiny"])
     return folder
 
 
@@ -425,8 +428,11 @@ def test_fp16_sds_on_cuda(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def variant_model_dir(tmp_path_factory):
+    """Only fp16 weight files (the "fp16" variant), as ``random_model OUT --tiny --fp16`` writes them."""
+    from guidance import random_model
+
     folder = str(tmp_path_factory.mktemp("zero123-variant"))
-    build_tiny_components().save_pretrained(folder, variant="fp16")
+    random_model.main([folder, "--tiny", "--fp16"])
     return folder
 
 
@@ -444,7 +450,12 @@ def test_local_variant_choice(tmp_path):
 
 
 def test_fp16_variant_only_folder_loads_in_fp32_on_cpu(variant_model_dir):
-    assert "diffusion_pytorch_model.fp16.safetensors" in os.listdir(os.path.join(variant_model_dir, "unet"))
+    from safetensors.torch import load_file
+
+    unet_folder = os.path.join(variant_model_dir, "unet")
+    assert sorted(os.listdir(unet_folder)) == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    stored = load_file(os.path.join(unet_folder, "diffusion_pytorch_model.fp16.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
     guide = load_guidance({"zero123_model": variant_model_dir}, "cpu")
     assert guide.unet.dtype == torch.float32 and guide.image_encoder.dtype == torch.float32
 
