@@ -52,7 +52,10 @@ def run_steps(cfg, steps: int = 2):
     return losses, grads, calls, trainer
 
 
-def assert_same_step(plain, fast):
+def assert_same_step(plain, fast, later_grad_tolerance: float = 1e-3):
+    """Step 1 (the CUDA graphs are captured and replayed in it): losses to 1e-3, gradients to 1e-3.
+    Later steps: losses to 1e-3, gradients to ``later_grad_tolerance``: from step 2 on, both runs
+    start from parameters that one Adam step (eps 1e-15) has moved, which amplifies rounding."""
     losses_plain, grads_plain, _, _ = plain
     losses_fast, grads_fast, _, _ = fast
     assert losses_fast[0].keys() == losses_plain[0].keys() and "sds" in losses_plain[0]
@@ -60,11 +63,12 @@ def assert_same_step(plain, fast):
         for key, value in step_plain.items():
             assert step_fast[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
     assert len(grads_fast) == len(grads_plain) == len(losses_plain)
-    for step_plain, step_fast in zip(grads_plain, grads_fast):
+    for step, (step_plain, step_fast) in enumerate(zip(grads_plain, grads_fast)):
         assert step_fast.keys() == step_plain.keys() and "means" in step_plain
+        tolerance = 1e-3 if step == 0 else later_grad_tolerance
         for name, grad in step_plain.items():
             error = (step_fast[name] - grad).norm() / grad.norm().clamp_min(1e-12)
-            assert error <= 1e-3, f"{name}: relative gradient difference {float(error):.2e}"
+            assert error <= tolerance, f"step {step + 1}, {name}: relative gradient difference {float(error):.2e}"
 
 
 def test_fast_step_equals_plain_step_cpu(tmp_path):
@@ -95,7 +99,9 @@ def test_fast_step_equals_plain_step_cuda(tmp_path):
     encoder = fast[3].guidance.graphed_encoder
     assert encoder is not None and len(encoder.graphs) == 1  # so did the VAE encoder, both ways
     assert fast[3].optimizer.defaults["fused"] and not plain[3].optimizer.defaults["fused"]
-    assert_same_step(plain, fast)
+    # gsplat's backward accumulates with atomics: two PLAIN runs differ by 2.5e-4 at step 1 and
+    # 1.9e-3 at step 2 (H100, this test's setting); a stale graph input would differ by O(1)
+    assert_same_step(plain, fast, later_grad_tolerance=5e-3)
 
 
 @pytest.mark.cuda
