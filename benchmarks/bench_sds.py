@@ -1,7 +1,8 @@
 """Benchmark: one Zero123 SDS call (forward + backward to the image) at full model size.
 
-The zero123-xl architecture is built from its configs (guidance/random_model.py) with RANDOM weights (no weights can
-be downloaded here), in fp16 on CUDA. Timing does not depend on the weight values.
+The zero123-xl architecture is built from its configs (guidance/random_model.py) with RANDOM
+weights (no weights can be downloaded here), in fp16 on CUDA. Timing does not depend on the weight
+values.
 
     python benchmarks/bench_sds.py                      # batch 4, 256x256 renders, all variants
     python benchmarks/bench_sds.py --variants eager --render-size 512
