@@ -97,6 +97,15 @@ def opengl_to_opencv(c2w: np.ndarray) -> np.ndarray:
 opencv_to_opengl = opengl_to_opencv
 
 
+def camera_centres(world_to_camera: torch.Tensor) -> torch.Tensor:
+    """Camera positions [..., 3] in world coordinates from rigid world-to-camera matrices [..., 4, 4].
+
+    -R^T t in closed form (no matrix inverse: on CUDA that makes the host wait for the GPU).
+    """
+    rotation, translation = world_to_camera[..., :3, :3], world_to_camera[..., :3, 3:]
+    return -(rotation.transpose(-1, -2) @ translation).squeeze(-1)
+
+
 @dataclass(frozen=True)
 class Camera:
     """A pinhole camera for rendering.
@@ -166,8 +175,7 @@ class Camera:
     @property
     def camera_center(self) -> torch.Tensor:
         """Camera position in world coordinates [3]."""
-        rot, trans = self.world_to_camera[:3, :3], self.world_to_camera[:3, 3]
-        return -rot.T @ trans
+        return camera_centres(self.world_to_camera)
 
     @property
     def device(self) -> torch.device:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from cam_utils import Camera
+from cam_utils import Camera, camera_centres
 from rasterizer.sh import SH_C0
 from rasterizer.types import GaussianParams, RenderOutput
 
@@ -110,16 +110,6 @@ def _split_means2d(means2d: torch.Tensor, num_images: int) -> list[torch.Tensor]
     return views
 
 
-def _camera_centres(viewmats: torch.Tensor) -> torch.Tensor:
-    """Camera centres [..., C, 3] in world space from rigid world-to-camera matrices [..., C, 4, 4].
-
-    -R^T t in closed form: ``torch.inverse`` (what ``gsplat.rasterization`` uses) makes the host
-    wait for the GPU to report the inversion's status.
-    """
-    rotation, translation = viewmats[..., :3, :3], viewmats[..., :3, 3:]
-    return -(rotation.transpose(-1, -2) @ translation).squeeze(-1)
-
-
 def _view_colours(means, colors, sh_degree, viewmats, radii) -> torch.Tensor:
     """RGB [..., C, N, 3] of every Gaussian as seen by every camera (3DGS: 0.5 + SH, clamped at 0).
 
@@ -134,7 +124,7 @@ def _view_colours(means, colors, sh_degree, viewmats, radii) -> torch.Tensor:
         return torch.clamp_min(rgb, 0.0).unsqueeze(-3).expand(*image_dims, n, 3)
     from gsplat import spherical_harmonics
 
-    dirs = means.unsqueeze(-3) - _camera_centres(viewmats).unsqueeze(-2)  # [..., C, N, 3]
+    dirs = means.unsqueeze(-3) - camera_centres(viewmats).unsqueeze(-2)  # [..., C, N, 3]
     coeffs = colors.unsqueeze(-4).expand(*image_dims, *colors.shape[-3:])
     rgb = spherical_harmonics(sh_degree, dirs, coeffs, masks=(radii > 0).all(dim=-1))
     return torch.clamp_min(rgb + 0.5, 0.0)
