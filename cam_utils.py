@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch
+
+from stag4d.settings import ConfigError, setting
 
 # (azimuth, elevation offset) in degrees, in orbit_camera terms: negative elevation is above.
 ZERO123PP_V11_ANCHORS: tuple[tuple[float, float], ...] = (
@@ -31,6 +33,39 @@ DEFAULT_RADIUS = 2.0
 DEFAULT_FOVY = 49.1
 DEFAULT_NEAR = 0.01
 DEFAULT_FAR = 100.0
+
+
+@dataclass
+class CameraConfig:
+    """The cameras of a run (SPEC 2): the input view on an orbit around the origin, and the anchors."""
+
+    radius: float = setting(DEFAULT_RADIUS, "distance of every camera from the origin", gt=0)
+    fovy: float = setting(DEFAULT_FOVY, "vertical field of view, degrees", gt=0, lt=180)
+    elevation: float = setting(0.0, "elevation of the input view, degrees (negative = above the object)", gt=-80, lt=80)
+    anchor_views: List[List[float]] = setting([list(row) for row in ZERO123PP_V11_ANCHORS],
+                                              "[azimuth, elevation offset] of each anchor view (Zero123++ v1.1)",
+                                              min_items=1)
+
+    def check(self) -> None:
+        if any(len(row) != 2 for row in self.anchor_views):
+            raise ConfigError("anchor_views must be a list of [azimuth, elevation] pairs, e.g. [[30,-30],[90,20]]")
+
+    @property
+    def anchor_table(self) -> tuple[tuple[float, float], ...]:
+        return anchor_table(self.anchor_views)
+
+    def orbit(self, d_elevation: float, azimuth: float, size: int, time: float = 0.0,
+              device: torch.device | str = "cpu") -> "Camera":
+        """A camera at ``elevation + d_elevation`` and ``azimuth`` on this orbit."""
+        return Camera.orbit(self.elevation + d_elevation, azimuth, self.radius, self.fovy, size, time, device)
+
+    def reference(self, size: int, device: torch.device | str = "cpu") -> "Camera":
+        """The input-view camera (azimuth 0)."""
+        return reference_camera(self.elevation, self.radius, self.fovy, size, device=device)
+
+    def anchors(self, size: int, device: torch.device | str = "cpu") -> list["Camera"]:
+        """One camera per anchor view."""
+        return anchor_cameras(self.elevation, self.radius, self.fovy, size, table=self.anchor_views, device=device)
 
 
 def fov_to_focal(fov_deg: float, pixels: int) -> float:

@@ -4,9 +4,11 @@
   quaternions wxyz, opacity logits) and ``deformation`` (:class:`deformation.DeformationField`).
   ``gaussians_at(None)`` is the canonical set (coarse stage); ``gaussians_at(t)`` applies the
   deformation at normalized time t (fine stage).
-* On disk (SPEC 8): ``model.ply`` (3DGS PLY, raw canonical values, :mod:`ply_io`) and
+* On disk (SPEC 8): ``model.ply`` (3DGS PLY, raw canonical values, :mod:`stag4d.gaussians.ply`) and
   ``deformation.pt`` (``{"format", "config", "state_dict"}``) in one folder.
-* :func:`build_optimizer`: Adam (eps 1e-15) with the released param groups and schedules.
+* Settings: :class:`ModelConfig` (initial points, SH degree) and the deformation field's
+  :class:`~stag4d.gaussians.deformation.DeformationConfig`; the optimizer over these parameters
+  is built in :mod:`stag4d.training.optim`.
 
 Initial colour: the released code draws SH DC coefficients uniform in [0, 1/255) (it meant
 near-black RGB, but passes that through RGB -> SH and back, so the stored SH values are what it
@@ -17,21 +19,24 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deformation import DeformationConfig, DeformationField, _get
-from errors import DataError
-from io_utils import torch_save
-from lr_schedules import ConstantLR, ExponentialLR, LRScheduler
-from ply_io import GaussianArrays, read_gaussian_ply, write_gaussian_ply
-from rasterizer.types import GaussianParams
+from stag4d.errors import DataError
+from stag4d.files import torch_save
+from stag4d.gaussians import knn
+from stag4d.gaussians.deformation import DeformationConfig, DeformationField
+from stag4d.gaussians.ply import GaussianArrays, read_gaussian_ply, write_gaussian_ply
+from stag4d.rasterizer.types import GaussianParams
+from stag4d.settings import setting
 
 MODEL_PLY = "model.ply"
 DEFORMATION_FILE = "deformation.pt"
+MODEL_FILES = (MODEL_PLY, DEFORMATION_FILE)  # what a saved model folder holds
 DEFORMATION_FORMAT = 1
 
 # Optimizer group name (the released names) -> per-Gaussian parameter attribute of the model.
@@ -45,6 +50,15 @@ PER_GAUSSIAN_GROUPS: dict[str, str] = {
 }
 INIT_SH_DC_MAX = 1.0 / 255.0  # released: SH DC uniform in [0, 1/255)
 INIT_OPACITY = 0.1
+
+
+@dataclass
+class ModelConfig:
+    """The canonical Gaussians at the start (SPEC 3)."""
+
+    num_pts: int = setting(10000, "initial Gaussians, uniform in a ball", ge=1)
+    init_radius: float = setting(0.5, "radius of that ball", gt=0)
+    sh_degree: int = setting(0, "spherical-harmonics degree of the colours", ge=0, le=3)
 
 
 def inverse_sigmoid(x: Tensor) -> Tensor:
@@ -73,9 +87,12 @@ class GaussianModel4D(nn.Module):
         self.deformation = DeformationField(deformation)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "GaussianModel4D":
-        """Model with ``sh_degree`` and the deformation settings of the flat run config."""
-        return cls(int(_get(cfg, "sh_degree", 0)), DeformationConfig.from_cfg(cfg))
+    def create(cls, model: ModelConfig, deformation: DeformationConfig, seed: int | None = None,
+               device: torch.device | str = "cpu") -> "GaussianModel4D":
+        """A new model on ``device`` with its random initial Gaussians (:meth:`initialize_random`)."""
+        out = cls(model.sh_degree, deformation).to(device)
+        out.initialize_random(model.num_pts, model.init_radius, seed)
+        return out
 
     # ---- properties ----------------------------------------------------------------------
     @property
@@ -142,8 +159,6 @@ class GaussianModel4D(nn.Module):
         scale sqrt(max(mean squared distance to the 3 nearest neighbours, 1e-7)), identity rotation.
         ``seed`` None draws from torch's global generator.
         """
-        import knn  # the CUDA extension when built, exact chunked torch otherwise
-
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         u = torch.rand(num_pts, 4, generator=generator, dtype=torch.float64)
         phi = u[:, 0] * 2.0 * math.pi
@@ -153,7 +168,7 @@ class GaussianModel4D(nn.Module):
         means = torch.stack([r * sin_theta * torch.cos(phi), r * sin_theta * torch.sin(phi), r * cos_theta], dim=1)
         sh_dc = torch.rand(num_pts, 1, 3, generator=generator) * INIT_SH_DC_MAX
         means = means.float().to(self.device)
-        dist2 = knn.mean_sq_dist_knn3(means).clamp_min(1e-7)
+        dist2 = knn.mean_sq_dist_knn3(means).clamp_min(1e-7)  # the CUDA extension when built, else exact torch
         log_scales = torch.log(torch.sqrt(dist2)).unsqueeze(1).repeat(1, 3)
         quats = torch.zeros(num_pts, 4)
         quats[:, 0] = 1.0
@@ -241,57 +256,3 @@ def _arrays(means: Tensor, sh_dc: Tensor, sh_rest: Tensor, opacity_logits: Tenso
 
     return GaussianArrays(means=np32(means), sh_dc=np32(sh_dc), sh_rest=np32(sh_rest),
                           opacity_logits=np32(opacity_logits), log_scales=np32(log_scales), quats=np32(quats))
-
-
-# ---- optimizer ------------------------------------------------------------------------------
-def build_optimizer(model: GaussianModel4D, cfg: Any = None) -> tuple[torch.optim.Adam, LRScheduler]:
-    """Adam over all parameters in the released groups, and the scheduler that sets their lr.
-
-    Groups: xyz, deformation, grid, f_dc, f_rest, opacity, scaling, rotation. Keys read from the
-    flat ``cfg`` (defaults in brackets; * = times ``spatial_lr_scale`` [10]):
-    position_lr_init [2e-4]* -> position_lr_final [2e-6]*, delay mult position_lr_delay_mult
-    [0.01]; deformation_lr_init [1.6e-4]* -> deformation_lr_final [1.6e-5]*; grid_lr_init
-    [1.6e-3]* -> grid_lr_final [1.6e-4]* (both with deformation_lr_delay_mult [0.02]); all three
-    over position_lr_max_steps [2000] with lr_delay_steps [0] (released: no delay, see
-    lr_schedules); feature_lr [5e-3] (f_rest: / 20); opacity_lr [0.02]; scaling_lr [0.01];
-    rotation_lr [0.002]; adam_eps [1e-15]; fused_adam [true]: torch's fused Adam kernel when the
-    model is on CUDA (the same update; the default multi-tensor Adam launches several kernels per
-    group). The learning rates are set for step 0.
-    """
-    def get(key: str, default: float) -> float:
-        return float(_get(cfg, key, default))
-
-    spatial = get("spatial_lr_scale", 10.0)
-    max_steps = int(get("position_lr_max_steps", 2000))
-    delay_steps = int(get("lr_delay_steps", 0))
-    schedules = {
-        "xyz": ExponentialLR(get("position_lr_init", 2e-4) * spatial, get("position_lr_final", 2e-6) * spatial,
-                             max_steps, delay_steps, get("position_lr_delay_mult", 0.01)),
-        "deformation": ExponentialLR(get("deformation_lr_init", 1.6e-4) * spatial,
-                                     get("deformation_lr_final", 1.6e-5) * spatial, max_steps, delay_steps,
-                                     get("deformation_lr_delay_mult", 0.02)),
-        "grid": ExponentialLR(get("grid_lr_init", 1.6e-3) * spatial, get("grid_lr_final", 1.6e-4) * spatial,
-                              max_steps, delay_steps, get("deformation_lr_delay_mult", 0.02)),
-        "f_dc": ConstantLR(get("feature_lr", 5e-3)),
-        "f_rest": ConstantLR(get("feature_lr", 5e-3) / 20.0),
-        "opacity": ConstantLR(get("opacity_lr", 0.02)),
-        "scaling": ConstantLR(get("scaling_lr", 0.01)),
-        "rotation": ConstantLR(get("rotation_lr", 0.002)),
-    }
-    groups = [
-        {"params": [model.means], "name": "xyz"},
-        {"params": model.deformation.mlp_parameters(), "name": "deformation"},
-        {"params": model.deformation.grid_parameters(), "name": "grid"},
-        {"params": [model.sh_dc], "name": "f_dc"},
-        {"params": [model.sh_rest], "name": "f_rest"},
-        {"params": [model.opacity_logits], "name": "opacity"},
-        {"params": [model.log_scales], "name": "scaling"},
-        {"params": [model.quats], "name": "rotation"},
-    ]
-    for group in groups:
-        group["lr"] = schedules[group["name"]](0)
-    fused = bool(_get(cfg, "fused_adam", True)) and model.means.device.type == "cuda"
-    optimizer = torch.optim.Adam(groups, lr=0.0, eps=get("adam_eps", 1e-15), fused=fused or None)
-    scheduler = LRScheduler(optimizer, schedules)
-    scheduler.step(0)
-    return optimizer, scheduler

@@ -13,18 +13,14 @@ without warm-up, and is marked "1 run"; above --torch-skip-seconds it is skipped
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from typing import Optional
 
 import torch
+from timing import time_calls
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import knn  # noqa: E402
-from timing import time_calls  # noqa: E402
+from stag4d.gaussians import knn
 
 
 def ball_cloud(n: int, device: str, seed: int = 0) -> torch.Tensor:

@@ -13,19 +13,15 @@ one process. Targets (issue 2): torch CPU fwd+bwd <= 300 ms; gsplat GPU fwd+bwd 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 from typing import Callable
 
 import torch
+from timing import time_calls
+from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from cam_utils import Camera  # noqa: E402
-from rasterizer import GaussianParams, render  # noqa: E402
-from timing import time_calls  # noqa: E402
+from cam_utils import Camera
+from stag4d.rasterizer import GaussianParams, render
 
 
 def ball_scene(n: int, device: str, seed: int = 0) -> list[torch.Tensor]:
@@ -71,7 +67,6 @@ def raw_gsplat(params: list[torch.Tensor], camera: Camera, background: torch.Ten
 
 def profile_gsplat(num: int, size: int, iterations: int = 10) -> None:
     """Print the CUDA kernels of gsplat fwd+bwd (through our wrapper), summed over ``iterations``."""
-    from torch.profiler import ProfilerActivity, profile
 
     params = ball_scene(num, "cuda")
     gaussians = GaussianParams(*params[:4], sh=params[4])

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
 import torch
+from timing import percentile, time_calls
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from timing import percentile, time_calls  # noqa: E402
+from guidance.random_model import build_random_components
+from guidance.zero123 import Zero123Guidance, resize_square
 
 
 def set_variant(guide, channels_last: bool, compiled_unet=None, compiled_vae=None) -> None:
@@ -51,8 +48,6 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
-    from guidance.random_model import build_random_components
-    from guidance.zero123 import Zero123Guidance
 
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -130,7 +125,6 @@ def main() -> None:
             guide.unet(latent_in, t_in, encoder_hidden_states=context)
 
     def vae_only():
-        from guidance.zero123 import resize_square
 
         latents = guide.encode_images(resize_square(images), noise.latent_eps)
         latents.float().sum().backward()

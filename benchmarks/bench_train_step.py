@@ -9,37 +9,38 @@ The trainer is ``trainer.Trainer`` with ``configs/stag4d.yaml``, on a real datas
     python benchmarks/bench_train_step.py --path ../shared/data/minions --steps 30
     # several settings side by side (one guidance build; each --variant is NAME:key=value ...)
     python benchmarks/bench_train_step.py --path ../shared/data/minions \
-        --variant "plain: fuse_renders=false async_host_inputs=false" --variant "defaults:"
+        --variant "plain: guidance_cuda_graph=false guidance_cuda_graph_vae=false" --variant "defaults:"
     # the whole default schedule (8000 steps with resolution schedule and densification), wall time
     python benchmarks/bench_train_step.py --path ../shared/data/minions --full
 
 Per setting it prints median / p10 / p90 of per-step milliseconds (CUDA events around each whole
 step; within a step the host runs ahead of the device as in training) after warm-up, peak memory, and a phase breakdown from a
-separate PROFILING PASS: ``trainer.PhaseTimer`` synchronizes the device before and after every
-phase and times it on the host, so a phase's time is its device time plus its launch cost
-(backward included: autograd's kernels run on another host thread, which profiler labels miss).
-The synchronized step is slower than a pipelined one; "other" is the synchronized step time
-outside the named phases (loss arithmetic, sampling, stacking).
+separate PROFILING PASS: ``timing.PhaseTimer`` hooks the trainer's step methods (``deform``,
+``render_views``, ``backward`` ...) and the guidance's VAE encoder and UNet, synchronizes the
+device around each and times it on the host, so a phase's time is its device time plus its
+launch cost. The synchronized step is slower than a pipelined one; "other" is the synchronized
+step time outside the named phases (loss arithmetic, sampling, stacking).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
+from timing import PhaseTimer, percentile, time_calls
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from guidance.random_model import build_random_components
+from guidance.zero123 import Zero123Guidance
+from stag4d.config import load_config
+from stag4d.training.trainer import Trainer
 
-from timing import percentile, time_calls  # noqa: E402
+# what the profiling pass times: the trainer's step methods and the guidance's two networks
+TRAINER_PHASES = {"deform": "deformation", "render_views": "renders", "compute_losses": "losses (SDS inside)",
+                  "backward": "backward", "optimizer_step": "optimizer", "densify_step": "densification"}
+GUIDANCE_PHASES = {"encode_images": "  of which VAE encode", "predict_noise": "  of which UNet"}
 
 def build_guidance(args):
-    from guidance.random_model import build_random_components
-    from guidance.zero123 import Zero123Guidance
-
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     return Zero123Guidance(build_random_components(device, args.tiny), device, dtype, guidance_scale=5.0)
@@ -47,33 +48,27 @@ def build_guidance(args):
 
 def build_trainer(args, guide, overrides: list[str]):
     """A trainer over ``guide`` whose speed options are set from the config (guidance keys included)."""
-    from config_utils import load_config
-    from trainer import Trainer
-
     cfg = load_config(args.config, [f"path={args.path}", "save_path=bench_train_step", f"device={args.device}",
                                     f"outdir={args.outdir}", f"valid_dir={args.outdir}/valid", *overrides])
     guide.unet_forward, guide.vae_moments = guide.unet, guide.posterior_moments  # undo a previous variant's
-    guide.optimize_from_config(cfg)
+    guide.optimize_from_config(cfg.guidance)
     return Trainer(cfg, guidance=guide)
 
 
 def phase_breakdown(trainer, steps: int) -> dict[str, float]:
-    """Milliseconds per step of each phase over ``steps`` synchronized steps (``trainer.PhaseTimer``)."""
-    from trainer import PhaseTimer
-
+    """Milliseconds per step of each phase over ``steps`` synchronized steps (:class:`timing.PhaseTimer`)."""
     timer = PhaseTimer(trainer.device)
-    trainer.phase_timer = timer
+    timer.wrap(trainer, TRAINER_PHASES)
     if trainer.guidance is not None:
-        trainer.guidance.phase_timer = timer
+        timer.wrap(trainer.guidance, GUIDANCE_PHASES)
     try:
         for _ in range(steps):
             with timer.step():
                 trainer.train_step()
     finally:
-        trainer.phase_timer = None
-        if trainer.guidance is not None:
-            trainer.guidance.phase_timer = None
-    return timer.per_step()
+        timer.unwrap()
+    # the guidance runs inside compute_losses: its phases are part of that one, not beside it
+    return timer.per_step(nested=tuple(GUIDANCE_PHASES.values()))
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -33,11 +32,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guidance.zero123pp import TemporalAnchor, record_bytes  # noqa: E402
-from guidance.zero123pp.pipeline import composite_on_gray  # noqa: E402
-from guidance.zero123pp.random_model import TINY_CONFIGS, V11_CONFIGS, build_pipeline  # noqa: E402
+from stag4d.multiview import TemporalAnchor, record_bytes
+from stag4d.multiview.pipeline import composite_on_gray
+from stag4d.multiview.random_model import TINY_CONFIGS, V11_CONFIGS, build_pipeline
 
 
 def disk_frame(i: int, size: int = 720) -> np.ndarray:

@@ -1,10 +1,15 @@
-"""Timing helpers shared by the benchmark scripts: per-call milliseconds after warm-up, percentiles."""
+"""Timing helpers shared by the benchmark scripts: per-call milliseconds after warm-up, percentiles,
+and per-phase times of a profiling pass (:class:`PhaseTimer`, hooked onto methods from outside)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from typing import Any, Callable
+from collections import defaultdict
+from typing import Any, Callable, Iterator
 
 import torch
+from torch.profiler import record_function
 
 
 def time_calls(fn: Callable[[], Any], cuda: bool, warmup: int, repeats: int) -> tuple[list[float], Any]:
@@ -36,3 +41,77 @@ def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class PhaseTimer:
+    """Honest per-phase times of a profiling pass, hooked onto the methods of the objects measured.
+
+    :meth:`wrap` replaces named methods of an object (instance attributes, so the class and the
+    training code are untouched) by timed versions: the device is drained (``synchronize``) before
+    and after each call, so a phase's host wall time is its device time plus its launch cost
+    (backward included: autograd's kernels run on another thread, which profiler labels miss).
+    Only for measurement: the synchronizations remove the host/device overlap of a normal step, so
+    the phases sum to more than the pipelined step time. ``other`` is the synchronized step time
+    outside every phase (loss arithmetic, sampling, stacking).
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.cuda = torch.device(device).type == "cuda"
+        self.totals: dict[str, float] = defaultdict(float)
+        self.step_total = 0.0
+        self.steps = 0
+        self.wrapped: list[tuple[Any, str]] = []
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        with record_function(name):
+            yield
+        self._sync()
+        self.totals[name] += (time.perf_counter() - start) * 1000.0
+
+    def wrap(self, obj: Any, phases: dict[str, str]) -> None:
+        """Time ``obj.<method>`` as phase ``label`` for every ``method: label`` of ``phases``."""
+        for method, label in phases.items():
+            original = getattr(obj, method)
+
+            @functools.wraps(original)
+            def timed(*args, _original=original, _label=label, **kwargs):
+                with self.phase(_label):
+                    return _original(*args, **kwargs)
+
+            setattr(obj, method, timed)
+            self.wrapped.append((obj, method))
+
+    def unwrap(self) -> None:
+        """Give every wrapped object its own methods back."""
+        for obj, method in self.wrapped:
+            delattr(obj, method)
+        self.wrapped = []
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Around one whole step: its synchronized time (phases + everything between them)."""
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.step_total += (time.perf_counter() - start) * 1000.0
+        self.steps += 1
+
+    def per_step(self, nested: tuple[str, ...] = ()) -> dict[str, float]:
+        """Milliseconds per step of every phase, plus ``other`` and the synchronized step.
+
+        ``nested``: phases that run inside another phase (not subtracted again for ``other``).
+        """
+        steps = max(1, self.steps)
+        result = {name: total / steps for name, total in self.totals.items()}
+        outer = sum(v for k, v in result.items() if k not in nested)
+        result["other"] = max(0.0, self.step_total / steps - outer)
+        result["step (synchronized)"] = self.step_total / steps
+        return result

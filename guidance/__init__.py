@@ -9,22 +9,48 @@ Interface used by the trainer::
     guide.prepare(ref_rgb, anchor_rgb)           # once, before training
     loss = guide.sds_loss(images, frame_idx, cond_view, d_elevation, d_azimuth, d_radius, step)
 
-Config keys read (all optional; defaults in brackets): ``zero123_model``
-[``ashawkey/zero123-xl-diffusers``; a hub id or a local folder in the diffusers layout],
-``guidance_scale`` [5], ``fp16`` [True on CUDA, always False on CPU], the timestep window keys
-of :mod:`guidance.schedule` (``min_step_start``, ``min_step_end``, ``max_step_start``,
-``max_step_end``, ``anneal_steps``), and two speed options, ``guidance_compile`` [False;
-torch.compile of the UNet and the VAE encoder, ~30% faster SDS after a ~1 min first call] and
-``guidance_channels_last`` [False; no gain measured on H100].
+Settings: :class:`GuidanceConfig` (the model, CFG scale, precision, the timestep window of
+:mod:`guidance.schedule` and the speed options).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Protocol, runtime_checkable
+
+from stag4d.errors import ModelUnavailable, quiet_hub_warnings
+from stag4d.settings import ConfigError, setting
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class GuidanceConfig:
+    """The Zero123 guidance of the SDS loss (SPEC 5; defaults = the released run)."""
+
+    zero123_model: str = setting(DEFAULT_ZERO123_MODEL, "hub id or a local diffusers folder of Zero123")
+    guidance_scale: float = setting(5.0, "classifier-free guidance scale", ge=0)
+    fp16: Optional[bool] = setting(None, "half precision; null = fp16 on CUDA (always fp32 on the CPU)")
+    guidance_compile: bool = setting(False, "torch.compile the UNet and the VAE encoder (~1 min first call)")
+    guidance_channels_last: bool = setting(False, "channels-last memory format (no gain measured on H100)")
+    guidance_compile_mode: str = setting("default", "torch.compile mode when guidance_compile", choices=COMPILE_MODES)
+    guidance_cuda_graph: bool = setting(True, "replay the UNet forward from a CUDA graph (CUDA only; same results)")
+    guidance_cuda_graph_vae: bool = setting(True, "VAE encoder forward + backward from CUDA graphs (CUDA only; "
+                                            "same results)")
+    min_step_start: float = setting(0.5, "timestep window: lower end at step 0, fraction of 1000", ge=0, le=1)
+    min_step_end: float = setting(0.02, "lower end from anneal_steps on", ge=0, le=1)
+    max_step_start: float = setting(0.95, "upper end at step 0", ge=0, le=1)
+    max_step_end: float = setting(0.5, "upper end from anneal_steps on", ge=0, le=1)
+    anneal_steps: int = setting(3000, "steps over which both ends move linearly", ge=0)
+
+    def check(self) -> None:
+        if self.min_step_start > self.max_step_start or self.min_step_end > self.max_step_end:
+            raise ConfigError(f"timestep window: min_step_start={self.min_step_start} / min_step_end="
+                              f"{self.min_step_end} must not exceed max_step_start={self.max_step_start} / "
+                              f"max_step_end={self.max_step_end}")
 
 
 @runtime_checkable
@@ -67,28 +93,12 @@ class Guidance(Protocol):
         ...
 
 
-def cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    """``cfg.key`` for dicts, OmegaConf nodes and plain objects; ``default`` when absent or None."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        value = cfg.get(key, default)
-    else:
-        try:
-            value = cfg.get(key, default)  # OmegaConf DictConfig, Mapping
-        except (AttributeError, TypeError):
-            value = getattr(cfg, key, default)
-    return default if value is None else value
-
-
-def load_guidance(cfg: Any, device: "torch.device | str") -> Guidance:
+def load_guidance(cfg: GuidanceConfig, device: "torch.device | str") -> Guidance:
     """Load the Zero123 guidance model named by ``cfg.zero123_model`` (hub id or local folder).
 
     Raises:
         errors.ModelUnavailable: the model cannot be found or downloaded.
     """
-    from errors import ModelUnavailable, quiet_hub_warnings
-
     with quiet_hub_warnings():
         try:
             from .zero123 import Zero123Guidance
@@ -100,4 +110,4 @@ def load_guidance(cfg: Any, device: "torch.device | str") -> Guidance:
         return Zero123Guidance.from_config(cfg, device)
 
 
-__all__ = ["DEFAULT_ZERO123_MODEL", "Guidance", "cfg_get", "load_guidance"]
+__all__ = ["DEFAULT_ZERO123_MODEL", "Guidance", "GuidanceConfig", "load_guidance"]

@@ -7,6 +7,8 @@ and the GPU benchmarks time the full-size architecture (the component configs of
 """
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 # zero123-xl configs (diffusers layout of ashawkey/zero123-xl-diffusers).
@@ -94,7 +96,11 @@ def build_random_components(device: torch.device | str = "cpu", tiny: bool = Fal
     """Zero123Components with random weights (seeded), built directly on ``device``: zero123-xl's
     architecture, or with ``tiny`` a model of the same classes with about 130k parameters."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     from guidance.zero123 import CLIPCameraProjection, Zero123Components
 
@@ -129,7 +135,6 @@ def save_random_model(folder: str, tiny: bool = False, fp16: bool = False, seed:
 def main(argv: list[str] | None = None) -> None:
     """``python -m guidance.random_model OUT [--tiny] [--fp16]``: a model folder that ``main.py
     zero123_model=OUT`` loads like the real one, for offline runs and speed measurements."""
-    import argparse
 
     parser = argparse.ArgumentParser(
         prog="python -m guidance.random_model",

@@ -5,31 +5,20 @@ timesteps (1000 for Zero123). Both ends move linearly in the global step from th
 (step 0) to their end value (step ``anneal_steps``) and are held there afterwards:
 ``min 0.5 -> 0.02`` and ``max 0.95 -> 0.5``.
 
-Config keys (all optional; those of config_utils): ``min_step_start`` [0.5], ``min_step_end``
-[0.02], ``max_step_start`` [0.95], ``max_step_end`` [0.5], ``anneal_steps`` [3000].
+The ends are settings of :class:`guidance.GuidanceConfig` (``min_step_start``, ``min_step_end``,
+``max_step_start``, ``max_step_end``, ``anneal_steps``).
 """
 from __future__ import annotations
 
-from typing import Any
-
-from . import cfg_get
-
-DEFAULT_WINDOW = {
-    "min_step_start": 0.5,
-    "min_step_end": 0.02,
-    "max_step_start": 0.95,
-    "max_step_end": 0.5,
-    "anneal_steps": 3000,
-}
+from . import GuidanceConfig
 
 
-def window_fractions(step: int, cfg: Any = None) -> tuple[float, float]:
+def window_fractions(step: int, cfg: GuidanceConfig) -> tuple[float, float]:
     """(min, max) of the timestep window at global ``step``, as fractions of the training timesteps."""
-    keys = {key: float(cfg_get(cfg, key, default)) for key, default in DEFAULT_WINDOW.items()}
-    anneal = keys["anneal_steps"]
+    anneal = cfg.anneal_steps
     ratio = 1.0 if anneal <= 0 else min(max(step / anneal, 0.0), 1.0)
-    t_min = keys["min_step_start"] + (keys["min_step_end"] - keys["min_step_start"]) * ratio
-    t_max = keys["max_step_start"] + (keys["max_step_end"] - keys["max_step_start"]) * ratio
+    t_min = cfg.min_step_start + (cfg.min_step_end - cfg.min_step_start) * ratio
+    t_max = cfg.max_step_start + (cfg.max_step_end - cfg.max_step_start) * ratio
     if not 0.0 <= t_min <= t_max <= 1.0:
         raise ValueError(
             f"timestep window [{t_min:.3f}, {t_max:.3f}] at step {step} is not inside [0, 1]: "
@@ -38,7 +27,7 @@ def window_fractions(step: int, cfg: Any = None) -> tuple[float, float]:
     return t_min, t_max
 
 
-def timestep_window(step: int, cfg: Any = None, num_train_timesteps: int = 1000) -> tuple[int, int]:
+def timestep_window(step: int, cfg: GuidanceConfig, num_train_timesteps: int = 1000) -> tuple[int, int]:
     """(min_step, max_step): integer timesteps; SDS draws t uniformly in this closed range.
 
     Rounded to the nearest integer (not truncated) so that e.g. 0.725 * 1000 gives 725 despite

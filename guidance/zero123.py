@@ -29,23 +29,25 @@ Conventions (as the released code):
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from tqdm import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from errors import ModelUnavailable
+from stag4d.errors import ModelUnavailable
+from stag4d.files import write_text
 
-from . import DEFAULT_ZERO123_MODEL, cfg_get
+from . import DEFAULT_ZERO123_MODEL, GuidanceConfig
 from .schedule import timestep_window
 
 IMAGE_SIZE = 256  # Zero123 works on 256x256 images (32x32 latents)
@@ -93,10 +95,6 @@ class Zero123Components:
 
     def save_pretrained(self, folder: str, variant: Optional[str] = None) -> None:
         """Write the released folder layout (model_index.json + one subfolder per component)."""
-        from io_utils import write_text
-
-        import diffusers
-
         os.makedirs(folder, exist_ok=True)
         self.vae.save_pretrained(os.path.join(folder, "vae"), variant=variant)
         self.unet.save_pretrained(os.path.join(folder, "unet"), variant=variant)
@@ -406,11 +404,11 @@ class Zero123Guidance:
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
         guidance_scale: float = 5.0,
-        cfg: Any = None,
+        cfg: Optional[GuidanceConfig] = None,
     ):
         self.device = torch.device(device)
         self.dtype = dtype
-        self.cfg = cfg
+        self.cfg = cfg if cfg is not None else GuidanceConfig()
         self.guidance_scale = float(guidance_scale)
         for module in (components.vae, components.image_encoder, components.unet, components.projection):
             if module.dtype != dtype:
@@ -433,33 +431,28 @@ class Zero123Guidance:
         self.memory_format = torch.contiguous_format
         self.graphed_unet: Optional[GraphedUNet] = None  # set by optimize(cuda_graph=True)
         self.graphed_encoder: Optional[GraphedEncoder] = None  # set by optimize(cuda_graph_vae=True)
-        self.phase_timer: Any = None  # set by benchmarks (trainer.PhaseTimer)
         # Set by prepare(): per frame, slot 0 = reference, slot 1 + k = anchor k.
         self.clip_embeds: Optional[torch.Tensor] = None  # [T, 1 + V, D]
         self.cond_latents: Optional[torch.Tensor] = None  # [T, 1 + V, C, h, w]
 
     @classmethod
-    def from_config(cls, cfg: Any, device: torch.device | str) -> "Zero123Guidance":
+    def from_config(cls, cfg: GuidanceConfig, device: torch.device | str) -> "Zero123Guidance":
         """Load the model named by ``cfg.zero123_model``; fp16 on CUDA unless ``cfg.fp16`` is False."""
         device = torch.device(device)
-        fp16 = bool(cfg_get(cfg, "fp16", True)) and device.type == "cuda"
+        fp16 = cfg.fp16 is not False and device.type == "cuda"
         dtype = torch.float16 if fp16 else torch.float32
-        name = str(cfg_get(cfg, "zero123_model", DEFAULT_ZERO123_MODEL))
-        components = load_zero123_components(name, dtype)
-        guide = cls(components, device, dtype, float(cfg_get(cfg, "guidance_scale", 5.0)), cfg)
+        components = load_zero123_components(cfg.zero123_model, dtype)
+        guide = cls(components, device, dtype, cfg.guidance_scale, cfg)
         guide.optimize_from_config(cfg)
         return guide
 
-    def optimize_from_config(self, cfg: Any) -> None:
-        """:meth:`optimize` with the config keys ``guidance_channels_last``, ``guidance_compile``,
-        ``guidance_compile_mode``, ``guidance_cuda_graph`` and ``guidance_cuda_graph_vae``."""
-        self.optimize(
-            channels_last=bool(cfg_get(cfg, "guidance_channels_last", False)),
-            compile=bool(cfg_get(cfg, "guidance_compile", False)),
-            compile_mode=str(cfg_get(cfg, "guidance_compile_mode", "default")),
-            cuda_graph=bool(cfg_get(cfg, "guidance_cuda_graph", True)),
-            cuda_graph_vae=bool(cfg_get(cfg, "guidance_cuda_graph_vae", True)),
-        )
+    def optimize_from_config(self, cfg: GuidanceConfig) -> None:
+        """:meth:`optimize` with the speed settings of ``cfg`` (which also becomes this guidance's
+        config: the timestep window is read from it)."""
+        self.cfg = cfg
+        self.optimize(channels_last=cfg.guidance_channels_last, compile=cfg.guidance_compile,
+                      compile_mode=cfg.guidance_compile_mode, cuda_graph=cfg.guidance_cuda_graph,
+                      cuda_graph_vae=cfg.guidance_cuda_graph_vae)
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
                  cuda_graph: bool = False, cuda_graph_vae: bool = False) -> None:
@@ -479,10 +472,6 @@ class Zero123Guidance:
         on_cuda = self.device.type == "cuda"
         self.graphed_unet = GraphedUNet(self.unet_forward) if cuda_graph and on_cuda else None
         self.graphed_encoder = GraphedEncoder(self.vae_moments) if cuda_graph_vae and on_cuda else None
-
-    def _phase(self, name: str):
-        """The benchmark's synchronized phase timer (``trainer.PhaseTimer``) when set, else nothing."""
-        return self.phase_timer.phase(name) if self.phase_timer is not None else contextlib.nullcontext()
 
     @property
     def num_frames(self) -> int:
@@ -504,8 +493,6 @@ class Zero123Guidance:
             clip: [N, D] CLIP image embeddings; latents: [N, C, h, w] raw VAE posterior samples
             (the released ``sample * scaling / scaling``); both in the model dtype on the device.
         """
-        from tqdm import tqdm
-
         clips, latents = [], []
         starts = range(0, images.shape[0], chunk)
         for start in tqdm(starts, desc="zero123 embed", leave=False, disable=len(starts) <= 4):
@@ -625,9 +612,8 @@ class Zero123Guidance:
         if noise is None:
             noise = self.draw_noise(batch, step)
 
-        with self._phase("vae_encode (forward)"):
-            latents = self.encode_images(resize_square(images), noise.latent_eps)  # [B, C, h, w], with grad
-        with torch.no_grad(), self._phase("unet (CLIP context, noising, guided UNet)"):
+        latents = self.encode_images(resize_square(images), noise.latent_eps)  # [B, C, h, w], with grad
+        with torch.no_grad():
             frame = frame_idx.to(self.device, torch.long)
             slot = cond_view.to(self.device, torch.long) + 1
             camera = camera_code(d_elevation, d_azimuth, d_radius).to(self.device)

@@ -1,12 +1,14 @@
-"""Config loading: YAML + base chains + dotted overrides, validation with one-line errors, main.py."""
+"""The run config: sections owned by components, short and sectioned keys, YAML base chains,
+checked values with one-line errors, the saved configs of older runs, main.py's errors."""
+import dataclasses
 import os
-import sys
 
 import pytest
-from omegaconf import OmegaConf
 
-import config_utils
-from config_utils import ConfigError, load_config
+from stag4d import config as run_config
+from stag4d.config import RunConfig, config_from_dict, load_config, saved_run_config
+from stag4d.settings import ConfigError, check_settings
+from stag4d.training import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -16,27 +18,34 @@ def config_file(name):
     return os.path.join(CONFIGS, name)
 
 
-def test_stag4d_yaml_lists_every_key_with_the_schema_defaults():
-    on_disk = OmegaConf.to_container(OmegaConf.load(config_file("stag4d.yaml")))
-    schema = OmegaConf.to_container(config_utils.default_config())
-    assert sorted(on_disk) == sorted(schema)
-    differing = {k: (on_disk[k], schema[k]) for k in schema if on_disk[k] != schema[k]}
-    assert differing == {}
-
-
 def test_faithful_values_of_the_spec():
     cfg = load_config(config_file("stag4d.yaml"), ["path=dataset/minions"])
-    assert (cfg.num_pts, cfg.init_radius, cfg.radius, cfg.fovy) == (10000, 0.5, 2.0, 49.1)
-    assert (cfg.ref_size, cfg.batch_size, cfg.iters, cfg.init_steps) == (512, 4, 2000, 700)
-    assert (cfg.save_step, cfg.valid_interval, cfg.invert_bg_prob) == (8000, 500, 0.5)
-    assert (cfg.lambda_ref_rgb, cfg.lambda_ref_alpha, cfg.lambda_zero123, cfg.lambda_tv) == (20000, 5000, 1, 1)
-    assert cfg.scale_loss_ratio == 7.5 and cfg.guidance_scale == 5
-    assert cfg.lambda_anchor_rgb == 0 and cfg.lambda_anchor_alpha == 0
-    assert cfg.zero123_model == "ashawkey/zero123-xl-diffusers"
-    assert [list(r) for r in cfg.anchor_views][:2] == [[30, -30], [90, 20]]
-    assert list(cfg.render_res_sizes) == [128, 256, 512] and list(cfg.render_res_ratios) == [0.3, 0.6]
-    assert (cfg.density_start_iter, cfg.density_end_iter, cfg.densification_interval) == (1200, 6000, 100)
-    assert cfg.save_path == "minions"  # defaults to the dataset folder's name
+    assert (cfg.model.num_pts, cfg.model.init_radius, cfg.camera.radius, cfg.camera.fovy) == (10000, 0.5, 2.0, 49.1)
+    assert (cfg.data.ref_size, cfg.train.batch_size, cfg.train.iters, cfg.train.init_steps) == (512, 4, 2000, 700)
+    assert (cfg.output.save_step, cfg.output.valid_interval, cfg.train.invert_bg_prob) == (8000, 500, 0.5)
+    loss = cfg.loss
+    assert (loss.lambda_ref_rgb, loss.lambda_ref_alpha, loss.lambda_zero123, loss.lambda_tv) == (20000, 5000, 1, 1)
+    assert loss.scale_loss_ratio == 7.5 and cfg.guidance.guidance_scale == 5
+    assert loss.lambda_anchor_rgb == 0 and loss.lambda_anchor_alpha == 0
+    assert cfg.guidance.zero123_model == "ashawkey/zero123-xl-diffusers"
+    assert cfg.camera.anchor_views[:2] == [[30, -30], [90, 20]]
+    assert cfg.train.render_res_sizes == [128, 256, 512] and cfg.train.render_res_ratios == [0.3, 0.6]
+    densify = cfg.densify
+    assert (densify.density_start_iter, densify.density_end_iter, densify.densification_interval) == (1200, 6000, 100)
+    assert cfg.deformation.time_mapping == "full" and cfg.deformation.kplanes_resolution == [64, 64, 64, 25]
+    assert cfg.output.save_path == "minions"  # defaults to the dataset folder's name
+
+
+def test_values_are_typed_python_objects():
+    cfg = load_config(config_file("stag4d.yaml"), ["path=x", "holdout_views=[1,3]"])
+    assert isinstance(cfg, RunConfig) and type(cfg.data.holdout_views) is list
+    assert type(cfg.train.iters) is int and type(cfg.optim.adam_eps) is float
+
+
+def test_short_and_sectioned_overrides_are_the_same_setting():
+    short = load_config(config_file("stag4d.yaml"), ["path=x", "num_pts=123", "holdout_frames=[0]"])
+    full = load_config(config_file("stag4d.yaml"), ["data.path=x", "model.num_pts=123", "data.holdout_frames=[0]"])
+    assert short == full and short.model.num_pts == 123
 
 
 def test_dotted_overrides_parse_lists_and_numbers():
@@ -45,10 +54,22 @@ def test_dotted_overrides_parse_lists_and_numbers():
         ["path=dataset/x", "save_path=run1", "holdout_views=[1,3]", "holdout_frames=[0]", "batch_size=2",
          "lambda_zero123=0", "anchor_views=[[0,0],[90,0],[180,0],[270,0]]", "load_path=run0", "load_step=400"],
     )
-    assert list(cfg.holdout_views) == [1, 3] and list(cfg.holdout_frames) == [0]
-    assert cfg.batch_size == 2 and cfg.lambda_zero123 == 0.0 and cfg.save_path == "run1"
-    assert [list(r) for r in cfg.anchor_views][2] == [180.0, 0.0]
-    assert cfg.load_path == "run0" and cfg.load_step == 400
+    assert cfg.data.holdout_views == [1, 3] and cfg.data.holdout_frames == [0]
+    assert cfg.train.batch_size == 2 and cfg.loss.lambda_zero123 == 0.0 and cfg.output.save_path == "run1"
+    assert cfg.camera.anchor_views[2] == [180.0, 0.0]
+    assert cfg.train.load_path == "run0" and cfg.train.load_step == 400
+
+
+def test_setting_names_are_unique_across_sections():
+    names = [f.name for cls in run_config.SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names)) == len(run_config.KNOWN_KEYS)
+    assert not set(names) & set(run_config.SECTIONS)
+
+
+def test_every_setting_has_help_text():
+    missing = [f"{section}.{f.name}" for section, cls in run_config.SECTIONS.items() for f in dataclasses.fields(cls)
+               if not f.metadata.get("help")]
+    assert missing == []
 
 
 def test_unknown_key_suggests_the_closest():
@@ -56,6 +77,14 @@ def test_unknown_key_suggests_the_closest():
         load_config(config_file("stag4d.yaml"), ["path=x", "batchsize=3"])
     with pytest.raises(ConfigError, match="did you mean 'lambda_zero123'"):
         load_config(config_file("stag4d.yaml"), ["path=x", "lambda_zero12=0"])
+    with pytest.raises(ConfigError, match="did you mean 'model.num_pts'"):
+        load_config(config_file("stag4d.yaml"), ["path=x", "model.num_ptz=3"])
+
+
+def test_removed_keys_say_so_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file("stag4d.yaml"), ["path=x", "fuse_renders=true"])
+    assert "fuse_renders" in str(info.value) and "removed" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
@@ -68,22 +97,46 @@ def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
     assert "\n" not in message
 
 
-def test_wrong_type_and_bad_values_are_one_line():
-    cases = [
-        (["path=x", "batch_size=abc"], "batch_size"),
-        (["path=x", "holdout_views=[7]"], "holdout_views"),
-        (["path=x", "backend=cuda"], "backend"),
-        (["path=x", "batch_size=0"], "batch_size"),
-        (["path=x", "render_res_sizes=[128]"], "render_res_sizes"),
-        (["path=x", "invert_bg_prob=2"], "invert_bg_prob"),
-        (["path=x", "time_mapping=quarter"], "time_mapping"),
-        (["path=x", "load_step=3"], "load_path"),
-        (["path=x", "batch_size"], "key=value"),
-    ]
-    for overrides, word in cases:
-        with pytest.raises(ConfigError) as info:
-            load_config(config_file("stag4d.yaml"), overrides)
-        assert word in str(info.value) and "\n" not in str(info.value), (overrides, str(info.value))
+def test_yaml_files_may_use_sections_or_flat_keys(tmp_path):
+    sectioned = tmp_path / "sectioned.yaml"
+    sectioned.write_text("model:\n  num_pts: 77\ntrain:\n  batch_size: 3\n")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("num_pts: 77\nbatch_size: 3\n")
+    assert load_config(str(sectioned), ["path=x"]) == load_config(str(flat), ["path=x"])
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model:\n  batch_size: 3\n")
+    with pytest.raises(ConfigError, match="model.batch_size"):
+        load_config(str(wrong), ["path=x"])
+
+
+@pytest.mark.parametrize("overrides, word", [
+    (["batch_size=abc"], "batch_size"),
+    (["holdout_views=[7]"], "holdout_views"),
+    (["backend=cuda"], "backend"),
+    (["batch_size=0"], "batch_size"),
+    (["render_res_sizes=[128]"], "render_res_sizes"),
+    (["invert_bg_prob=2"], "invert_bg_prob"),
+    (["time_mapping=quarter"], "time_mapping"),
+    (["load_step=3"], "load_path"),
+    (["batch_size"], "key=value"),
+    (["fovy=0"], "fovy"),
+    (["fovy=180"], "fovy"),
+    (["radius=0"], "radius"),
+    (["radius=nan"], "radius"),
+    (["position_lr_init=-1"], "position_lr_init"),
+    (["feature_lr=nan"], "feature_lr"),
+    (["adam_eps=0"], "adam_eps"),
+    (["init_radius=nan"], "init_radius"),
+    (["lambda_ref_rgb=inf"], "lambda_ref_rgb"),
+    (["seed=-1"], "seed"),
+    (["kplanes_resolution=[64,32,64,25]"], "kplanes_resolution"),
+    (["min_step_start=0.9", "max_step_start=0.5"], "min_step_start"),
+    (["device=tpu"], "device"),
+])
+def test_wrong_type_and_bad_values_are_one_line(overrides, word):
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file("stag4d.yaml"), ["path=x"] + overrides)
+    assert word in str(info.value) and "\n" not in str(info.value), (overrides, str(info.value))
 
 
 def test_missing_path_says_how_to_set_it():
@@ -97,7 +150,7 @@ def test_missing_config_file_and_base_chain(tmp_path):
     child = tmp_path / "child.yaml"
     child.write_text("base: %s\nbatch_size: 2\nref_size: 64\n" % config_file("stag4d.yaml"))
     cfg = load_config(str(child), ["path=x", "ref_size=32"])
-    assert cfg.batch_size == 2 and cfg.ref_size == 32 and cfg.iters == 2000  # child, CLI, base
+    assert cfg.train.batch_size == 2 and cfg.data.ref_size == 32 and cfg.train.iters == 2000  # child, CLI, default
     loop = tmp_path / "loop.yaml"
     loop.write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
@@ -106,31 +159,57 @@ def test_missing_config_file_and_base_chain(tmp_path):
 
 @pytest.mark.parametrize("name", ["stag4d.yaml", "anchored.yaml", "demo.yaml"])
 def test_every_shipped_config_loads(name):
-    if not os.path.exists(config_file(name)):
-        pytest.skip(f"{name} not written yet")
     cfg = load_config(config_file(name), ["path=dataset/demo"])
-    assert cfg.path == "dataset/demo"
+    assert cfg.data.path == "dataset/demo"
 
 
 def test_anchored_config_needs_no_diffusion_model():
     cfg = load_config(config_file("anchored.yaml"), ["path=dataset/x"])
-    assert cfg.lambda_zero123 == 0
-    assert cfg.lambda_anchor_rgb > 0 and cfg.lambda_anchor_alpha > 0
-    assert cfg.lambda_ref_rgb == 20000  # everything else inherited from stag4d.yaml
+    assert cfg.loss.lambda_zero123 == 0
+    assert cfg.loss.lambda_anchor_rgb > 0 and cfg.loss.lambda_anchor_alpha > 0
+    assert cfg.loss.lambda_ref_rgb == 20000  # everything else inherited from stag4d.yaml
 
 
-def test_config_from_dict_validates():
-    cfg = config_utils.config_from_dict({"path": "data/abc", "batch_size": 1})
-    assert cfg.save_path == "abc" and cfg.batch_size == 1
+def test_config_from_dict_checks():
+    cfg = config_from_dict({"path": "data/abc", "batch_size": 1})
+    assert cfg.output.save_path == "abc" and cfg.train.batch_size == 1
     with pytest.raises(ConfigError, match="did you mean 'num_pts'"):
-        config_utils.config_from_dict({"path": "x", "num_pt": 1})
+        config_from_dict({"path": "x", "num_pt": 1})
+
+
+def test_component_configs_check_themselves():
+    cfg = config_from_dict({"path": "x"})
+    cfg.model.num_pts = 0
+    with pytest.raises(ConfigError, match="num_pts=0 must be >= 1"):
+        check_settings(cfg)
+
+
+def test_saved_configs_of_both_layouts_load(tmp_path):
+    """config.yaml of a new run (sectioned) and of an older one (flat, with since-removed keys)."""
+    cfg = config_from_dict({"path": "data/abc", "num_pts": 42})
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "config.yaml").write_text(run_config.to_yaml(cfg))
+    assert saved_run_config(str(new)) == cfg
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("path: data/abc\nsave_path: abc\nnum_pts: 42\nfuse_renders: false\n")
+    assert saved_run_config(str(old)).model.num_pts == 42
+    assert saved_run_config(str(tmp_path)) is None  # no config.yaml
+
+
+def test_help_config_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help-config"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    for key in run_config.KNOWN_KEYS:
+        assert f"  {key}: " in out
 
 
 def run_main(argv, capsys):
-    import main
-
     with pytest.raises(SystemExit) as info:
-        main.main(argv)
+        cli.main(argv)
     return info.value.code, capsys.readouterr().err
 
 
@@ -141,33 +220,7 @@ def test_main_prints_one_line_errors(capsys):
     assert code == 2 and "did you mean 'batch_size'" in err and err.count("\n") == 1
 
 
-def test_main_gui_without_viewer_is_one_line(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "viewer", None)  # import viewer -> ModuleNotFoundError
-    code, err = run_main(["--config", config_file("stag4d.yaml"), "path=x", "gui=True"], capsys)
-    assert code == 2 and "viewer.py" in err and err.count("\n") == 1
-
-
 def test_main_missing_dataset_is_one_line(capsys, tmp_path):
     code, err = run_main(["--config", config_file("stag4d.yaml"), f"path={tmp_path / 'missing'}",
                           "lambda_zero123=0", f"outdir={tmp_path / 'logs'}"], capsys)
     assert code == 2 and "missing" in err and err.count("\n") == 1
-
-
-def test_every_key_the_modules_read_is_declared():
-    """A key read by any module (``_get(cfg, "k")``, ``cfg_get(cfg, "k")``, ``_setting(cfg, "k")``)
-    must be in the schema, or the unknown-key check would reject it on the command line."""
-    import re
-
-    pattern = re.compile(r"\b(?:_get|cfg_get|_setting)\(\s*cfg\s*,\s*\"([a-z_0-9]+)\"")
-    read = {}
-    for folder, dirs, files in os.walk(REPO):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "__pycache__", "build")]
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                with open(path) as f:
-                    for key in pattern.findall(f.read()):
-                        read.setdefault(key, os.path.relpath(path, REPO))
-    assert len(read) > 20  # the scan finds the modules' keys
-    undeclared = {k: v for k, v in read.items() if k not in config_utils.KNOWN_KEYS}
-    assert undeclared == {}

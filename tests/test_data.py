@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-import matting
-from data_loader import FrameData, composite_and_resize, load_frames
-from errors import DataError, ModelUnavailable
+from stag4d.data import matting
+from stag4d.data.frames import FrameData, composite_and_resize, load_frames
+from stag4d.errors import DataError, ModelUnavailable
 
 SIZE = 32
 

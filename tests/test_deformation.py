@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from deformation import DeformationConfig, DeformationField, HexPlaneField
-from errors import UserError
+from stag4d.gaussians.deformation import DeformationConfig, DeformationField, HexPlaneField
+from stag4d.settings import ConfigError, check_settings
 
 
-def small_cfg(**kw):
-    base = dict(features=4, spatial_resolution=5, time_resolution=5, multires=(1, 2))
+def small_cfg(time_resolution=5, **kw):
+    base = dict(kplanes_features=4, kplanes_resolution=[5, 5, 5, time_resolution], multires=[1, 2])
     base.update(kw)
     return DeformationConfig(**base)
 
@@ -56,7 +56,7 @@ def test_feature_at_texel_is_product_of_spatial_planes():
     i, j, k = 1, 4, 2  # texel indices along x, y, z
     coords = torch.tensor([[-1 + 2 * i / (r - 1), -1 + 2 * j / (r - 1), -1 + 2 * k / (r - 1)]])
     xyz = coords * cfg.bounds
-    feats = grid(xyz, torch.tensor([0.4]))[0, 0, : cfg.features]  # scale 0 block
+    feats = grid(xyz, torch.tensor([0.4]))[0, 0, : cfg.kplanes_features]  # scale 0 block
     # plane (a, b) is [C, res_b, res_a]: xy[:, j, i], xz[:, k, i], yz[:, k, j]
     xy, xz, yz = (grid.plane(0, n)[0] for n in ("xy", "xz", "yz"))
     expected = xy[:, j, i] * xz[:, k, i] * yz[:, k, j]
@@ -64,7 +64,7 @@ def test_feature_at_texel_is_product_of_spatial_planes():
 
 
 def test_bilinear_between_texels_and_border_padding():
-    cfg = small_cfg(multires=(1,))
+    cfg = small_cfg(multires=[1])
     grid = HexPlaneField(cfg)
     with torch.no_grad():
         grid.spatial_planes[0].fill_(1.0)
@@ -80,7 +80,7 @@ def test_bilinear_between_texels_and_border_padding():
 @pytest.mark.parametrize("mapping", ["released", "half", "full"])
 def test_time_mapping(mapping):
     """Time planes valued with their row index: the feature is row(t)^3 (three planes)."""
-    cfg = small_cfg(multires=(1,), time_resolution=9, time_mapping=mapping)
+    cfg = small_cfg(multires=[1], time_resolution=9, time_mapping=mapping)
     grid = HexPlaneField(cfg)
     with torch.no_grad():
         grid.spatial_planes[0].fill_(1.0)
@@ -128,15 +128,23 @@ def test_gradients_reach_planes_mlp_and_points():
     assert field.opacity_head[-1].weight.grad is None  # disabled head gets nothing
 
 
-def test_config_from_run_config_and_errors():
-    cfg = DeformationConfig.from_cfg({"kplanes_features": 8, "kplanes_resolution": [16, 16, 16, 7],
-                                      "multires": [1, 2], "net_width": 32, "time_mapping": "full",
-                                      "bounds": 2.0})
-    assert (cfg.features, cfg.spatial_resolution, cfg.time_resolution, cfg.multires) == (8, 16, 7, (1, 2))
-    assert (cfg.net_width, cfg.time_mapping, cfg.bounds, cfg.feature_dim) == (32, "full", 2.0, 16)
-    assert DeformationConfig.from_cfg({}) == DeformationConfig()
+def test_config_dict_roundtrip_and_errors():
+    cfg = DeformationConfig(kplanes_features=8, kplanes_resolution=[16, 16, 16, 7], multires=[1, 2], net_width=32,
+                            time_mapping="released", bounds=2.0)
+    assert (cfg.kplanes_features, cfg.spatial_resolution, cfg.time_resolution, cfg.feature_dim) == (8, 16, 7, 16)
     assert DeformationConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(UserError, match="kplanes_resolution"):
-        DeformationConfig.from_cfg({"kplanes_resolution": [64, 32, 64, 25]})
-    with pytest.raises(UserError, match="time_mapping"):
-        DeformationConfig(time_mapping="quarter")
+    with pytest.raises(ConfigError, match="kplanes_resolution"):
+        check_settings(DeformationConfig(kplanes_resolution=[64, 32, 64, 25]))
+    with pytest.raises(ConfigError, match="time_mapping"):
+        check_settings(DeformationConfig(time_mapping="quarter"))
+    with pytest.raises(ConfigError, match="time_mapping"):
+        DeformationConfig.from_dict({**cfg.to_dict(), "time_mapping": "quarter"})
+
+
+def test_format_1_config_dicts_still_load():
+    """deformation.pt files saved before the typed config used other names."""
+    old = {"bounds": 1.6, "features": 8, "spatial_resolution": 16, "time_resolution": 7, "multires": [1, 2],
+           "net_width": 32, "time_mapping": "released", "align_corners": True, "deform_opacity": False,
+           "plane_init_low": 0.1, "plane_init_high": 0.5}
+    cfg = DeformationConfig.from_dict(old)
+    assert (cfg.kplanes_features, cfg.kplanes_resolution, cfg.time_mapping) == (8, [16, 16, 16, 7], "released")

@@ -5,9 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from deformation import DeformationConfig
-from densification import DensifyStrategy, quat_to_rotmat, relative_grad_threshold
-from gs_renderer import GaussianModel4D, build_optimizer
+from cam_utils import Camera
+from gs_renderer import GaussianModel4D
+from stag4d.gaussians.deformation import DeformationConfig
+from stag4d.rasterizer import render
+from stag4d.training.densification import DensifyStrategy, quat_to_rotmat, relative_grad_threshold
+from stag4d.training.optim import OptimConfig, build_optimizer
 
 CFG = {"density_start_iter": 1200, "density_end_iter": 6000, "densification_interval": 100,
        "densify_grad_threshold_percent": 20.0}
@@ -25,7 +28,7 @@ OPACITIES = [0.5, 0.6, 0.5, 0.005, 0.5, 0.5, 0.5]
 
 def hand_built_model(sh_degree=1):
     n = len(SCALES)
-    model = GaussianModel4D(sh_degree, DeformationConfig(features=2, spatial_resolution=4, time_resolution=3, multires=(1,)))
+    model = GaussianModel4D(sh_degree, DeformationConfig(kplanes_features=2, kplanes_resolution=[4, 4, 4, 3], multires=[1]))
     means = torch.arange(n * 3, dtype=torch.float32).view(n, 3) * 0.01
     log_scales = torch.log(torch.tensor(SCALES)).view(n, 1) + torch.tensor([[0.0, -0.5, -1.0]])
     quats = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2 * i, -0.1 * i, 0.05] for i in range(n)]), dim=-1)
@@ -64,23 +67,25 @@ def two_renders():
 
 
 def test_accumulate_statistics():
-    strategy = DensifyStrategy(CFG)
-    strategy.accumulate(two_renders(), step=1200)
-    assert torch.allclose(strategy.grad_sum, torch.tensor([1.0, 0.8, 0.0, 0.1, 0.1, 0.1, 0.0]), atol=1e-6)
-    assert torch.equal(strategy.count, torch.tensor([1.0, 1, 1, 1, 1, 1, 0]))
-    assert torch.equal(strategy.max_radii, torch.tensor([9.0, 4, 5, 6, 7, 8, 0]))
+    strategy = DensifyStrategy(**CFG)
+    state = strategy.initialize_state()
+    strategy.accumulate(state, two_renders(), step=1200)
+    assert torch.allclose(state["grad_sum"], torch.tensor([1.0, 0.8, 0.0, 0.1, 0.1, 0.1, 0.0]), atol=1e-6)
+    assert torch.equal(state["count"], torch.tensor([1.0, 1, 1, 1, 1, 1, 0]))
+    assert torch.equal(state["max_radii"], torch.tensor([9.0, 4, 5, 6, 7, 8, 0]))
     # a second step: running mean = sum / count
     g = torch.zeros(7, 2)
     g[0] = torch.tensor([0.0, 0.01])  # NDC norm 0.5 at 100 px
-    strategy.accumulate([fake_output(g, 100, torch.tensor([True] + [False] * 6), [2, 0, 0, 0, 0, 0, 0])], step=1201)
-    assert strategy.mean_grad()[0] == pytest.approx(0.75)
-    assert strategy.max_radii[0] == 9.0
-    assert strategy.mean_grad()[6] == 0.0  # never seen: 0, not NaN
+    strategy.accumulate(state, [fake_output(g, 100, torch.tensor([True] + [False] * 6), [2, 0, 0, 0, 0, 0, 0])],
+                        step=1201)
+    assert strategy.mean_grad(state)[0] == pytest.approx(0.75)
+    assert state["max_radii"][0] == 9.0
+    assert strategy.mean_grad(state)[6] == 0.0  # never seen: 0, not NaN
     # outside the window nothing is added; with a new N the statistics restart
-    strategy.accumulate(two_renders(), step=6001)
-    assert strategy.count[0] == 2
-    strategy.accumulate([fake_output(torch.zeros(3, 2), 10, torch.ones(3, dtype=torch.bool), [1, 1, 1])])
-    assert strategy.count.shape == (3,) and torch.equal(strategy.count, torch.ones(3))
+    strategy.accumulate(state, two_renders(), step=6001)
+    assert state["count"][0] == 2
+    strategy.accumulate(state, [fake_output(torch.zeros(3, 2), 10, torch.ones(3, dtype=torch.bool), [1, 1, 1])])
+    assert state["count"].shape == (3,) and torch.equal(state["count"], torch.ones(3))
 
 
 def test_relative_threshold_and_schedule():
@@ -88,7 +93,7 @@ def test_relative_threshold_and_schedule():
     assert relative_grad_threshold(grads, 2.5) == 5.0  # index int(0.125) = 0 among 5 positives
     assert relative_grad_threshold(grads, 40.0) == 3.0  # index int(0.4 * 5) = 2: the third largest
     assert relative_grad_threshold(torch.zeros(4), 2.5) is None
-    strategy = DensifyStrategy({})
+    strategy = DensifyStrategy()
     assert [strategy.is_refine_step(s) for s in (1101, 1200, 1201, 1301, 1350, 5901, 6001, 6101)] == [
         False, False, True, True, False, True, False, False]
 
@@ -101,7 +106,7 @@ def test_threshold_index_matches_released_rank():
 
 
 def make_state(model):
-    optimizer, _ = build_optimizer(model, {})
+    optimizer, _ = build_optimizer(model, OptimConfig())
     loss = sum((p * (1 + torch.arange(p.numel(), dtype=torch.float32).view_as(p))).sum()
                for p in (model.means, model.sh_dc, model.sh_rest, model.opacity_logits, model.log_scales, model.quats))
     out = model.deformation(model.means, model.log_scales, model.quats, None, torch.tensor([0.3]))
@@ -123,11 +128,12 @@ def test_clone_split_prune_and_optimizer_state():
     grid_params = list(groups["grid"]["params"])
     grid_state = {id(p): optimizer.state[p]["exp_avg"].clone() for p in grid_params}
 
-    strategy = DensifyStrategy(CFG)
-    strategy.accumulate(two_renders(), step=1201)
-    assert strategy.step(model, optimizer, 1200) == {"cloned": 0, "split": 0, "pruned": 0, "threshold": None,
-                                                     "refined": False}
-    result = strategy.step(model, optimizer, 1201)
+    strategy = DensifyStrategy(**CFG)
+    stats = strategy.initialize_state()
+    strategy.accumulate(stats, two_renders(), step=1201)
+    assert strategy.step(model, optimizer, stats, 1200) == {"cloned": 0, "split": 0, "pruned": 0,
+                                                            "threshold": None, "refined": False}
+    result = strategy.step(model, optimizer, stats, 1201)
     assert (result["cloned"], result["split"], result["pruned"]) == (1, 1, 3)
     assert result["threshold"] == pytest.approx(0.8)
 
@@ -168,7 +174,7 @@ def test_clone_split_prune_and_optimizer_state():
         assert torch.equal(optimizer.state[p]["exp_avg"], grid_state[id(p)])
 
     # statistics restart for the new set; training continues
-    assert strategy.grad_sum.shape == (6,) and float(strategy.count.sum()) == 0
+    assert stats["grad_sum"].shape == (6,) and float(stats["count"].sum()) == 0
     g = model.gaussians_at(0.5)
     (g.means.sum() + g.log_scales.sum() + g.sh.sum() + g.opacity_logits.sum() + g.quats.sum()).backward()
     optimizer.step()
@@ -178,48 +184,47 @@ def test_clone_split_prune_and_optimizer_state():
 def test_screen_size_prune_is_opt_in():
     model = hand_built_model(sh_degree=0)
     renders = two_renders()
-    off = DensifyStrategy({**CFG, "densify_grad_threshold_percent": 0.0})
-    off.accumulate(renders, step=1201)
+    off = DensifyStrategy(**{**CFG, "densify_grad_threshold_percent": 0.0})
+    off_state = off.initialize_state()
+    off.accumulate(off_state, renders, step=1201)
     n_before = model.num
-    off.step(model, None, 1201)  # without an optimizer the model is still updated
+    off.step(model, None, off_state, 1201)  # without an optimizer the model is still updated
     # percent 0: only the top Gaussian (0) is selected and cloned; 1 is not split, so it is
     # pruned as too large, with 3, 4, 5
     assert model.num == n_before + 1 - 4
 
     model = hand_built_model(sh_degree=0)
-    on = DensifyStrategy({**CFG, "densify_grad_threshold_percent": 0.0, "screen_size_prune": True,
-                          "max_screen_size": 4.5})
-    on.accumulate(renders, step=1201)
-    result = on.step(model, None, 1201)
+    on = DensifyStrategy(**{**CFG, "densify_grad_threshold_percent": 0.0, "screen_size_prune": True,
+                            "max_screen_size": 4.5})
+    on_state = on.initialize_state()
+    on.accumulate(on_state, renders, step=1201)
+    result = on.step(model, None, on_state, 1201)
     # radii since last densification: [9, 4, 5, 6, 7, 8, 0]; > 4.5 adds 0, its clone (inherits 9) and 2
     assert result["pruned"] == 4 + 3
     assert model.num == 7 + 1 - 7
     assert torch.equal(model.sh_dc.detach(), hand_built_model(sh_degree=0).sh_dc.detach()[[6]])
 
 
-def test_state_dict_roundtrip():
-    strategy = DensifyStrategy(CFG)
-    strategy.accumulate(two_renders(), step=1300)
-    other = DensifyStrategy(CFG)
-    other.load_state_dict(strategy.state_dict())
-    assert torch.equal(other.mean_grad(), strategy.mean_grad())
-    assert torch.equal(other.max_radii, strategy.max_radii)
+def test_strategy_fields_are_its_settings_and_state_is_separate():
+    strategy = DensifyStrategy(**CFG)
+    assert strategy.densify_grad_threshold_percent == 20.0 and strategy.min_opacity == 0.01
+    first, second = strategy.initialize_state(), strategy.initialize_state()
+    strategy.accumulate(first, two_renders(), step=1300)
+    assert second["grad_sum"] is None and first["grad_sum"] is not None  # one strategy, independent states
 
 
 def test_accumulate_real_torch_renders():
-    from cam_utils import Camera
-    from rasterizer import render
-
-    model = GaussianModel4D(0, DeformationConfig(features=2, spatial_resolution=4, time_resolution=3, multires=(1,)))
+    model = GaussianModel4D(0, DeformationConfig(kplanes_features=2, kplanes_resolution=[4, 4, 4, 3], multires=[1]))
     model.initialize_random(40, radius=0.5, seed=0)
     cams = [Camera.orbit(0.0, 0.0, size=32), Camera.orbit(-20.0, 90.0, size=24)]
     outputs = [render(model.gaussians_at(0.5), cam, torch.ones(3), backend="torch") for cam in cams]
     sum(out.image.mean() for out in outputs).backward()
-    strategy = DensifyStrategy(CFG)
-    strategy.accumulate(outputs, step=1250)
+    strategy = DensifyStrategy(**CFG)
+    state = strategy.initialize_state()
+    strategy.accumulate(state, outputs, step=1250)
     visible = outputs[0].visible | outputs[1].visible
     assert bool(visible.any())
-    assert torch.equal(strategy.count, visible.float())
-    assert bool((strategy.grad_sum[visible] > 0).any()) and float(strategy.grad_sum[~visible].abs().sum()) == 0.0
+    assert torch.equal(state["count"], visible.float())
+    assert bool((state["grad_sum"][visible] > 0).any()) and float(state["grad_sum"][~visible].abs().sum()) == 0.0
     expected = outputs[0].means2d.grad * 16 + outputs[1].means2d.grad * 12
-    assert torch.allclose(strategy.grad_sum, torch.where(visible, expected.norm(dim=-1), 0.0), atol=1e-7)
+    assert torch.allclose(state["grad_sum"], torch.where(visible, expected.norm(dim=-1), 0.0), atol=1e-7)

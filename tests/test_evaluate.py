@@ -3,17 +3,20 @@ import json
 import math
 import os
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from test_visualize import save_step
 
 import cam_utils
-from deformation import DeformationConfig
-from errors import DataError
 from gs_renderer import GaussianModel4D
-from io_utils import save_image
-from rasterizer import render
-from script_loader import load_script
+from stag4d.data.frames import load_image
+from stag4d.errors import DataError, UserError
+from stag4d.evaluation import evaluate as ev
+from stag4d.files import save_image
+from stag4d.gaussians.deformation import DeformationConfig
+from stag4d.rasterizer import render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = 3
@@ -25,12 +28,9 @@ EVAL_VIEWS = [{"name": "az060_el-15", "elevation": -15, "azimuth": 60},
               {"name": "az200_el10", "elevation": 10, "azimuth": 200}]
 
 
-ev = load_script("evaluate")
-
-
 def _tiny_model(seed: int) -> GaussianModel4D:
     """About a hundred coloured, fairly opaque Gaussians and a tiny deformation field."""
-    cfg = DeformationConfig(features=4, spatial_resolution=4, time_resolution=3, multires=(1,), net_width=8)
+    cfg = DeformationConfig(kplanes_features=4, kplanes_resolution=[4, 4, 4, 3], multires=[1], net_width=8)
     torch.manual_seed(seed)  # the deformation field's initialization
     model = GaussianModel4D(sh_degree=0, deformation=cfg)
     g = torch.Generator().manual_seed(seed)
@@ -68,11 +68,11 @@ def workspace(tmp_path_factory):
             camera = cam_utils.Camera.orbit(view["elevation"], view["azimuth"], size=REF_SIZE)
             save_image(str(dataset / "eval" / view["name"] / f"{i}_rgba.png"), _rgba_of(model, camera, t))
     (dataset / "eval" / "views.json").write_text(json.dumps({"views": EVAL_VIEWS}))
-    model.save(str(root / "logs" / "run" / "5"))
+    save_step(model, str(root / "logs" / "run" / "5"))
     moved = _tiny_model(0)
     with torch.no_grad():
         moved.means += torch.tensor([0.15, 0.0, 0.0])
-    moved.save(str(root / "logs" / "run" / "10"))
+    save_step(moved, str(root / "logs" / "run" / "10"))
     (root / "logs" / "run" / "7").mkdir()  # an interrupted save: no model files, must be ignored
     return root
 
@@ -116,26 +116,20 @@ def test_render_views_writes_folders(workspace, tmp_path):
                                                 {"name": "eval_1", "elevation": -15, "azimuth": 90}]}))
     out = tmp_path / "renders"
     ev.main(_args(workspace, "load_step=5", f"render_views={views_file}", f"out={out}", "size=20"))
-    import imageio.v3 as iio
-
     assert sorted(os.listdir(out)) == ["eval_0", "eval_1"]
     for name in ("eval_0", "eval_1"):
         assert sorted(os.listdir(out / name)) == [f"{i}.png" for i in range(T)]
         assert iio.imread(out / name / "0.png").shape == (20, 20, 3)
     # eval_0 is the reference camera: its render matches the reference frame (on white).
-    import data_loader
-
-    ref_rgb, _ = data_loader.load_image(str(workspace / "dataset" / "tiny" / "ref" / "1_rgba.png"), 20)
+    ref_rgb, _ = load_image(str(workspace / "dataset" / "tiny" / "ref" / "1_rgba.png"), 20)
     rendered = torch.from_numpy(iio.imread(out / "eval_0" / "1.png")).permute(2, 0, 1).float() / 255
     assert (rendered - ref_rgb).abs().mean() < 0.03
 
 
 def test_missing_model_and_step_errors(workspace, capsys):
-    with pytest.raises(DataError, match="no saved model under"):
-        ev.find_model_folder(str(workspace / "logs" / "nothing"), None)
-    with pytest.raises(DataError, match="saved steps: 5, 10"):
-        ev.find_model_folder(str(workspace / "logs" / "run"), 7)
-    assert ev.find_model_folder(str(workspace / "logs" / "run"), None)[1] == 10
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(_args(workspace, "save_path=nothing"))
+    assert exit_info.value.code == 2 and "no complete saved step under" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         ev.main(_args(workspace, "load_step=3"))
     assert exit_info.value.code == 2
@@ -149,11 +143,11 @@ def test_option_parsing():
     assert config_items == ["path=x", "elevation=-10"]
     assert opts.views == "eval" and opts.metrics == ["psnr", "lpips"] and opts.frames == [1, 2]
     assert opts.load_step == 4
-    with pytest.raises(ev.UserError, match="choose from"):
+    with pytest.raises(UserError, match="choose from"):
         ev.split_overrides(["metrics=[psnr,bogus]"])
-    with pytest.raises(ev.UserError, match="go together"):
+    with pytest.raises(UserError, match="go together"):
         ev.split_overrides(["render_views=v.json"])
-    with pytest.raises(ev.UserError, match="views=sideways"):
+    with pytest.raises(UserError, match="views=sideways"):
         ev.split_overrides(["views=sideways"])
 
 

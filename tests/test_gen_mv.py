@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from cam_utils import tile_box
-from guidance.zero123pp.pipeline import ImagePreprocess, composite_on_gray, load_pipeline
-from guidance.zero123pp.random_model import preprocessor_config, save_model_folder, TINY_CONFIGS
-from scripts import gen_mv
+from stag4d.multiview import gen_mv
+from stag4d.multiview.pipeline import ImagePreprocess, composite_on_gray, load_pipeline
+from stag4d.multiview.random_model import TINY_CONFIGS, preprocessor_config, save_model_folder
 
 WIDTH, HEIGHT, STEPS = 32, 48, 2  # grid of 16x16 tiles; the real one is 640x960 with 75 steps
 

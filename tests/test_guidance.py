@@ -15,8 +15,7 @@ import pytest
 import torch
 
 import cam_utils
-from errors import ModelUnavailable
-from guidance import Guidance, cfg_get, load_guidance
+from guidance import Guidance, GuidanceConfig, load_guidance
 from guidance.conditioning import (
     anchor_for_azimuth,
     choose_condition_view,
@@ -24,6 +23,7 @@ from guidance.conditioning import (
 )
 from guidance.random_model import TINY_EMBED, build_random_components
 from guidance.schedule import timestep_window, window_fractions
+from stag4d.errors import ModelUnavailable
 
 EMBED = TINY_EMBED  # CLIP projection = UNet cross-attention = camera projection width (768 in the real model)
 
@@ -57,7 +57,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def guide(tiny_model_dir):
-    return load_guidance({"zero123_model": tiny_model_dir}, "cpu")
+    return load_guidance(GuidanceConfig(zero123_model=tiny_model_dir), "cpu")
 
 
 def _frames(num_frames=2, views=6, seed=1):
@@ -113,7 +113,7 @@ def test_loaded_model_is_frozen_fp32_on_cpu(guide, tiny_model_dir):
 def test_missing_model_names_the_path(tmp_path):
     missing = str(tmp_path / "no-such-zero123")
     with pytest.raises(ModelUnavailable) as info:
-        load_guidance({"zero123_model": missing}, "cpu")
+        load_guidance(GuidanceConfig(zero123_model=missing), "cpu")
     message = str(info.value)
     assert missing in message and "\n" not in message
     assert "zero123_model=" in message and "anchored.yaml" in message
@@ -126,7 +126,7 @@ def test_incomplete_folder_names_the_missing_part(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, partial)
     shutil.rmtree(partial / "clip_camera_projection")
     with pytest.raises(ModelUnavailable, match="clip_camera_projection"):
-        load_guidance({"zero123_model": str(partial)}, "cpu")
+        load_guidance(GuidanceConfig(zero123_model=str(partial)), "cpu")
 
 
 def test_hub_id_offline_gives_model_unavailable(monkeypatch):
@@ -136,7 +136,7 @@ def test_hub_id_offline_gives_model_unavailable(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
     with pytest.raises(ModelUnavailable) as info:
-        load_guidance({"zero123_model": "ashawkey/zero123-xl-diffusers"}, "cpu")
+        load_guidance(GuidanceConfig(zero123_model="ashawkey/zero123-xl-diffusers"), "cpu")
     assert "ashawkey/zero123-xl-diffusers" in str(info.value)
 
 
@@ -229,7 +229,7 @@ def test_sds_loss_value_is_half_the_squared_weighted_residual(prepared):
 def test_batched_sds_equals_looped_single_samples(prepared):
     images, frame_idx, cond_view, d_elev, d_azim, d_radius = _batch(size=3)
     noise = prepared.draw_noise(3, step=1200, generator=torch.Generator().manual_seed(7))
-    assert noise.timesteps.min() >= timestep_window(1200)[0] and noise.timesteps.max() <= timestep_window(1200)[1]
+    assert noise.timesteps.min() >= timestep_window(1200, GuidanceConfig())[0] and noise.timesteps.max() <= timestep_window(1200, GuidanceConfig())[1]
 
     batched_images = images.clone().requires_grad_(True)
     batched = prepared.sds_loss(batched_images, frame_idx, cond_view, d_elev, d_azim, d_radius, step=1200, noise=noise)
@@ -261,7 +261,7 @@ def test_sds_conditioning_changes_with_the_view(prepared):
 
 
 def test_channels_last_gives_the_same_loss(tiny_model_dir):
-    guide = load_guidance({"zero123_model": tiny_model_dir}, "cpu")
+    guide = load_guidance(GuidanceConfig(zero123_model=tiny_model_dir), "cpu")
     ref, anchors = _frames()
     guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))
     images, *rest = _batch(size=2)
@@ -300,28 +300,16 @@ def test_clip_preprocess_matches_the_processor_normalization(guide):
     [(0, (500, 950)), (1500, (260, 725)), (3000, (20, 500)), (5000, (20, 500))],
 )
 def test_timestep_window_follows_the_schedule(step, window):
-    assert timestep_window(step, None) == window
+    assert timestep_window(step, GuidanceConfig()) == window
 
 
-def test_timestep_window_reads_config_keys():
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"min_step_start": 0.2, "min_step_end": 0.2, "max_step_start": 0.98,
-                            "max_step_end": 0.98, "anneal_steps": 10})
+def test_timestep_window_reads_its_settings():
+    cfg = GuidanceConfig(min_step_start=0.2, min_step_end=0.2, max_step_start=0.98, max_step_end=0.98,
+                         anneal_steps=10)
     assert timestep_window(0, cfg) == (200, 980) == timestep_window(100, cfg)
-    assert window_fractions(5, {"anneal_steps": 10}) == pytest.approx((0.26, 0.725))
+    assert window_fractions(5, GuidanceConfig(anneal_steps=10)) == pytest.approx((0.26, 0.725))
     with pytest.raises(ValueError, match="min_step_start"):
-        timestep_window(0, {"min_step_start": 0.9, "max_step_start": 0.5})
-
-
-def test_cfg_get_accepts_dicts_objects_and_none():
-    class Obj:
-        guidance_scale = 7.0
-
-    assert cfg_get({"guidance_scale": 3.0}, "guidance_scale", 5.0) == 3.0
-    assert cfg_get({"fp16": None}, "fp16", True) is True
-    assert cfg_get(Obj(), "guidance_scale", 5.0) == 7.0
-    assert cfg_get(None, "guidance_scale", 5.0) == 5.0
+        timestep_window(0, GuidanceConfig(min_step_start=0.9, max_step_start=0.5))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +402,7 @@ def test_sample_random_view_ranges(elevation, low, high):
 
 @pytest.mark.cuda
 def test_fp16_sds_on_cuda(tiny_model_dir):
-    guide = load_guidance({"zero123_model": tiny_model_dir}, "cuda")
+    guide = load_guidance(GuidanceConfig(zero123_model=tiny_model_dir), "cuda")
     assert guide.dtype == torch.float16 and guide.unet.dtype == torch.float16
     ref, anchors = _frames()
     guide.prepare(ref.cuda(), anchors.cuda())
@@ -456,19 +444,19 @@ def test_fp16_variant_only_folder_loads_in_fp32_on_cpu(variant_model_dir):
     assert sorted(os.listdir(unet_folder)) == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
     stored = load_file(os.path.join(unet_folder, "diffusion_pytorch_model.fp16.safetensors"))
     assert {t.dtype for t in stored.values()} == {torch.float16}
-    guide = load_guidance({"zero123_model": variant_model_dir}, "cpu")
+    guide = load_guidance(GuidanceConfig(zero123_model=variant_model_dir), "cpu")
     assert guide.unet.dtype == torch.float32 and guide.image_encoder.dtype == torch.float32
 
 
 @pytest.mark.cuda
 def test_fp16_variant_files_are_used_on_cuda(variant_model_dir):
-    guide = load_guidance({"zero123_model": variant_model_dir}, "cuda")
+    guide = load_guidance(GuidanceConfig(zero123_model=variant_model_dir), "cuda")
     assert guide.unet.dtype == torch.float16 and guide.projection.proj.weight.dtype == torch.float16
 
 
 def test_prepare_and_sds_on_the_real_sample(guide, minions_path):
     """The data loader's tensors go straight in: reference frames and anchors of two frames."""
-    from data_loader import load_frames
+    from stag4d.data.frames import load_frames
 
     data = load_frames(minions_path, ref_size=256, anchor_size=256, num_frames=2)
     guide.prepare(data.ref_rgb, data.anchor_rgb, generator=torch.Generator().manual_seed(0))

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import knn
-from errors import UserError
+from stag4d.errors import UserError
+from stag4d.gaussians import knn
 
 
 def brute_force_knn3(points: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ The reference is knn's chunked torch path run in float64 on the GPU, on the same
 import pytest
 import torch
 
-import knn
+from stag4d.gaussians import knn
 
 pytestmark = pytest.mark.cuda
 RTOL = 1e-5

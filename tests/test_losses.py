@@ -1,13 +1,12 @@
-"""Regularizers, anisotropy loss and reference losses on hand-made inputs."""
+"""Regularizers, anisotropy loss and the photometric term on hand-made inputs."""
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from deformation import DeformationConfig, DeformationField
-from losses import (anisotropy_loss, hexplane_regularizers, reference_losses, second_difference_smoothness,
-                    total_regularizer)
+from stag4d.gaussians.deformation import DeformationConfig, DeformationField
+from stag4d.training.losses import (LossConfig, anisotropy_loss, hexplane_regularizers, per_sample_mse,
+                                   second_difference_smoothness, total_regularizer)
 
 T, R, C = 6, 4, 2
 
@@ -18,7 +17,7 @@ def _f(x):
 
 def field_with(spatial_fn, time_fn, scales=(1, 2)):
     """A small field whose planes are filled by fn(row index [H, 1], column index [1, W]) -> [H, W]."""
-    field = DeformationField(DeformationConfig(features=C, spatial_resolution=R, time_resolution=T, multires=scales))
+    field = DeformationField(DeformationConfig(kplanes_features=C, kplanes_resolution=[R, R, R, T], multires=list(scales)))
     with torch.no_grad():
         for planes in field.grid.spatial_planes:
             h, w = planes.shape[-2:]
@@ -59,18 +58,18 @@ def test_regularizers_known_values():
     assert _f(reg["time_smooth"]) == pytest.approx(6.0, rel=1e-5)
     assert _f(reg["plane_tv"]) == pytest.approx(6 * 0.04, rel=1e-4)
     assert _f(reg["l1_time"]) == pytest.approx(6 * 0.5 * 55 / 6, rel=1e-5)
-    total = total_regularizer(reg, {"lambda_tv": 2.0})
+    total = total_regularizer(reg, LossConfig(lambda_tv=2.0))
     expected = 2.0 * (5 * 6.0 + 0.05 * 0.24 + 0.05 * 27.5)
     assert _f(total) == pytest.approx(expected, rel=1e-4)
-    assert _f(total_regularizer(reg)) == pytest.approx(expected / 2, rel=1e-4)
+    assert _f(total_regularizer(reg, LossConfig())) == pytest.approx(expected / 2, rel=1e-4)
 
 
 def test_regularizers_of_fresh_field_and_gradient():
-    field = DeformationField(DeformationConfig(features=C, spatial_resolution=8, time_resolution=T, multires=(1,)))
+    field = DeformationField(DeformationConfig(kplanes_features=C, kplanes_resolution=[8, 8, 8, T], multires=[1]))
     reg = hexplane_regularizers(field)
     assert _f(reg["time_smooth"]) == 0.0 and _f(reg["l1_time"]) == 0.0
     assert _f(reg["plane_tv"]) > 0.0  # random spatial planes are not smooth
-    total_regularizer(reg).backward()
+    total_regularizer(reg, LossConfig()).backward()
     assert field.grid.spatial_planes[0].grad.abs().sum() > 0
 
 
@@ -91,15 +90,8 @@ def test_anisotropy_loss_by_hand():
     assert log_scales.grad[0, 0] > 0 and log_scales.grad[0, 1:].sum() < 0
 
 
-def test_reference_losses_weights():
-    image = torch.zeros(3, 4, 4)
-    alpha = torch.ones(1, 4, 4)
-    out = SimpleNamespace(image=image, alpha=alpha)
-    ref_rgb = torch.full((1, 3, 4, 4), 0.5)  # batched reference accepted
-    ref_mask = torch.zeros(1, 4, 4)
-    losses = reference_losses(out, ref_rgb, ref_mask, step_ratio=0.25)
-    assert _f(losses["rgb"]) == pytest.approx(0.25 * 20000 * 0.25)
-    assert _f(losses["alpha"]) == pytest.approx(0.25 * 5000 * 1.0)
-    custom = reference_losses(out, ref_rgb, ref_mask, 1.0, {"lambda_ref_rgb": 1.0, "lambda_ref_alpha": 2.0})
-    assert _f(custom["rgb"]) == pytest.approx(0.25) and _f(custom["alpha"]) == pytest.approx(2.0)
-    assert math.isfinite(_f(custom["rgb"]))
+def test_per_sample_mse_sums_the_samples_means():
+    prediction = torch.zeros(2, 3, 4, 4)
+    target = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), 1.0)])
+    target[1, :, :2] = 0.0  # half the second sample matches
+    assert _f(per_sample_mse(prediction, target)) == pytest.approx(0.25 + 0.5)

@@ -4,11 +4,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from stag4d.data import make_demo
 
-from data_loader import load_frames
-from script_loader import load_script
+from stag4d.data.frames import load_frames
 
-make_demo = load_script("make_demo")
 
 FRAMES, SIZE = 3, 48
 SPACING = 0.04  # coarser than the default (4x fewer Gaussians) to keep the test fast
@@ -58,7 +57,7 @@ def test_load_frames_reads_it_back(demo):
 
 
 def test_png_matches_the_render_on_white(demo):
-    from rasterizer import render
+    from stag4d.rasterizer import render
 
     out, _ = demo
     data = load_frames(str(out), ref_size=SIZE, anchor_size=30, require_anchors=False)

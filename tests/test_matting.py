@@ -4,8 +4,8 @@ import types
 import numpy as np
 import pytest
 
-import matting
-from errors import ModelUnavailable
+from stag4d.data import matting
+from stag4d.errors import ModelUnavailable
 
 
 def synthetic_tile(size: int = 96, background=(236, 233, 226), noise: float = 3.0, seed: int = 0):

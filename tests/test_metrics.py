@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import metrics
-from errors import ModelUnavailable
+from stag4d.errors import ModelUnavailable
+from stag4d.evaluation import metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

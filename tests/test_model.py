@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import knn
-from deformation import DeformationConfig
-from errors import DataError
-from gs_renderer import GaussianModel4D, build_optimizer
-from lr_schedules import expon_lr
-from ply_io import GaussianArrays, attribute_names, read_gaussian_ply, write_gaussian_ply
+from gs_renderer import GaussianModel4D, ModelConfig
+from stag4d.errors import DataError
+from stag4d.gaussians import knn
+from stag4d.gaussians.deformation import DeformationConfig
+from stag4d.gaussians.ply import GaussianArrays, attribute_names, read_gaussian_ply, write_gaussian_ply
+from stag4d.training.optim import OptimConfig, build_optimizer
+from stag4d.training.schedules import expon_lr
 
-SMALL = dict(features=4, spatial_resolution=8, time_resolution=5, multires=(1, 2))
+SMALL = dict(kplanes_features=4, kplanes_resolution=[8, 8, 8, 5], multires=[1, 2])
 
 
 def small_model(num_pts=200, sh_degree=0, seed=3, **cfg):
@@ -148,7 +149,7 @@ def test_save_load_roundtrip_exact(tmp_path, sh_degree):
 
 def test_save_load_renders_identically(tmp_path):
     from cam_utils import Camera
-    from rasterizer import render
+    from stag4d.rasterizer import render
 
     model = perturb(small_model(num_pts=60))
     model.save(str(tmp_path))
@@ -178,7 +179,7 @@ def test_export_frame_ply_equals_gaussians_at(tmp_path):
 
 def test_build_optimizer_groups_and_lrs():
     model = small_model()
-    optimizer, scheduler = build_optimizer(model, {})
+    optimizer, scheduler = build_optimizer(model, OptimConfig())
     names = [g["name"] for g in optimizer.param_groups]
     assert names == ["xyz", "deformation", "grid", "f_dc", "f_rest", "opacity", "scaling", "rotation"]
     assert optimizer.defaults["eps"] == 1e-15
@@ -197,7 +198,7 @@ def test_build_optimizer_groups_and_lrs():
     lrs = scheduler.current_lrs()
     assert lrs["xyz"] == pytest.approx(2e-5) and lrs["deformation"] == pytest.approx(1.6e-4)
     assert lrs["grid"] == pytest.approx(1.6e-3) and lrs["scaling"] == 0.01
-    custom, _ = build_optimizer(model, {"spatial_lr_scale": 1.0, "feature_lr": 0.1, "adam_eps": 1e-8})
+    custom, _ = build_optimizer(model, OptimConfig(spatial_lr_scale=1.0, feature_lr=0.1, adam_eps=1e-8))
     lr = {g["name"]: g["lr"] for g in custom.param_groups}
     assert lr["xyz"] == pytest.approx(2e-4) and lr["f_rest"] == pytest.approx(0.005)
     assert custom.defaults["eps"] == 1e-8
@@ -222,17 +223,18 @@ def test_expon_lr_values():
     assert expon_lr(-1, 1e-2, 1e-4, 2000) == 0.0
 
 
-def test_from_config_reads_run_keys():
-    model = GaussianModel4D.from_config({"sh_degree": 1, "kplanes_features": 4, "kplanes_resolution": [8, 8, 8, 5],
-                                         "multires": [1], "time_mapping": "full"})
-    assert model.sh_degree == 1 and model.sh_rest.shape == (0, 3, 3)
+def test_create_from_its_configs():
+    model = GaussianModel4D.create(ModelConfig(num_pts=30, sh_degree=1),
+                                   DeformationConfig(kplanes_features=4, kplanes_resolution=[8, 8, 8, 5], multires=[1]),
+                                   seed=0)
+    assert model.num == 30 and model.sh_degree == 1 and model.sh_rest.shape == (30, 3, 3)
     assert model.deformation.cfg.feature_dim == 4 and model.deformation.cfg.time_mapping == "full"
 
 
 def test_resume_from_state_dicts_after_size_change():
     """A checkpoint (model + optimizer state) loads into a fresh model of another size."""
     model = perturb(small_model(num_pts=50))
-    optimizer, scheduler = build_optimizer(model, {})
+    optimizer, scheduler = build_optimizer(model, OptimConfig())
     g = model.gaussians_at(0.2)
     (g.means.square().sum() + g.log_scales.sum() + g.sh.sum()).backward()
     optimizer.step()
@@ -242,7 +244,7 @@ def test_resume_from_state_dicts_after_size_change():
     fresh.initialize_random(10, seed=1)
     fresh.load_state_dict(checkpoint["model"])
     assert fresh.num == 50
-    fresh_optimizer, _ = build_optimizer(fresh, {})
+    fresh_optimizer, _ = build_optimizer(fresh, OptimConfig())
     fresh_optimizer.load_state_dict(checkpoint["optimizer"])
     assert torch.equal(fresh_optimizer.state[fresh.means]["exp_avg"], optimizer.state[model.means]["exp_avg"])
     assert torch.equal(fresh.gaussians_at(0.6).means, model.gaussians_at(0.6).means)

@@ -3,13 +3,10 @@ import os
 
 import numpy as np
 import pytest
+from stag4d.data import prepare_video as pv
 
-from errors import DataError
-from script_loader import load_script
+from stag4d.errors import DataError
 
-
-
-pv = load_script("prepare_video")
 
 BACKGROUND = (200, 200, 200)
 DISC = (220, 30, 30)

@@ -11,12 +11,20 @@ import pytest
 import torch
 
 from cam_utils import Camera, project_points
-from errors import UserError
-from rasterizer import GaussianParams, ndc_grad_norm, render, resolve_backend
-from rasterizer.render import render_batch
-from rasterizer.sh import SH_C0
-from rasterizer.torch_backend import (ALPHA_MAX, ALPHA_MIN, Pinhole, pixel_boxes, plan_bands, project_gaussians,
-                                      render_torch, row_spans)
+from stag4d.errors import UserError
+from stag4d.rasterizer import GaussianParams, ndc_grad_norm, render, resolve_backend
+from stag4d.rasterizer.render import render_batch
+from stag4d.rasterizer.sh import SH_C0
+from stag4d.rasterizer.torch_backend import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    Pinhole,
+    pixel_boxes,
+    plan_bands,
+    project_gaussians,
+    render_torch,
+    row_spans,
+)
 
 F64 = torch.float64
 
@@ -53,7 +61,7 @@ def naive_render(gaussians: GaussianParams, camera: Camera, background: torch.Te
             colors = gaussians.colors[proj.ids]
         else:
             dirs = gaussians.means[proj.ids] - camera.camera_center.to(F64)
-            from rasterizer.sh import eval_sh
+            from stag4d.rasterizer.sh import eval_sh
             colors = (eval_sh(gaussians.sh[proj.ids], dirs) + 0.5).clamp_min(0)
     order = sorted(range(len(proj.ids)), key=lambda i: (float(proj.depths[i]), int(proj.ids[i])))
     image = torch.zeros(3, camera.height, camera.width, dtype=F64)
@@ -410,7 +418,7 @@ def test_bad_shapes_are_reported():
 
 
 def test_import_is_light():
-    code = ("import sys, rasterizer; heavy = [m for m in ('diffusers', 'transformers', 'dearpygui', 'rembg', "
+    code = ("import sys, stag4d.rasterizer; heavy = [m for m in ('diffusers', 'transformers', 'dearpygui', 'rembg', "
             "'torchmetrics', 'gsplat') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo)
@@ -418,7 +426,7 @@ def test_import_is_light():
 
 
 def test_gsplat_intrinsics_match_camera_convention():
-    from rasterizer.gsplat_backend import _intrinsics
+    from stag4d.rasterizer.gsplat_backend import _intrinsics
 
     cameras = [Camera.orbit(0.0, 0.0, 2.0, size=64), Camera.orbit(10.0, 30.0, 2.0, size=32).with_size(48, 32)]
     assert torch.equal(_intrinsics(cameras, torch.device("cpu")), torch.stack([c.intrinsics for c in cameras]))
@@ -427,7 +435,7 @@ def test_gsplat_intrinsics_match_camera_convention():
 def test_gsplat_means2d_views_get_grads_and_do_not_leak():
     import weakref
 
-    from rasterizer.gsplat_backend import _split_means2d
+    from stag4d.rasterizer.gsplat_backend import _split_means2d
 
     leaf = torch.randn(2, 5, 2, requires_grad=True)
     base = leaf * 1.0  # stands for gsplat's meta["means2d"] [C, N, 2]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cam_utils import Camera
-from rasterizer import GaussianParams, ndc_grad_norm, render, resolve_backend
-from rasterizer.render import render_batch
+from stag4d.rasterizer import GaussianParams, ndc_grad_norm, render, resolve_backend
+from stag4d.rasterizer.render import render_batch
 
 pytestmark = pytest.mark.cuda
 

@@ -4,9 +4,11 @@ import os
 
 import pytest
 import torch
-
-from errors import DataError
 from test_trainer import StubGuidance, tiny_config
+
+from stag4d.errors import DataError
+from stag4d.training.runs import find_saved_step, run_folder
+from stag4d.training.trainer import Trainer
 
 K = 4  # steps before the checkpoint; the straight run trains 2K
 
@@ -45,8 +47,6 @@ def assert_same(a, b):
 
 @pytest.mark.slow
 def test_resume_continues_bit_for_bit(tmp_path):
-    from trainer import Trainer
-
     cfg = tiny_config(tmp_path, config="anchored.yaml", extra=RESUME + [f"total_steps={2 * K}"])
     straight = Trainer(cfg, guidance=StubGuidance())
     straight.train()
@@ -57,11 +57,10 @@ def test_resume_continues_bit_for_bit(tmp_path):
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["step"] == K and {"model", "optimizer", "densify", "rng", "config"} <= set(saved)
 
-    resumed_cfg = tiny_config(tmp_path, config="anchored.yaml", data=cfg.path,
-                              extra=RESUME + [f"total_steps={2 * K}", "load_path=disc", f"load_step={K}",
-                                              f"outdir={tmp_path / 'logs2'}"])
-    # load_path is a run under outdir: point it at the first run's folder
-    resumed_cfg.load_path = str(tmp_path / "logs" / "disc")
+    # load_path given as the first run's folder (the new run writes elsewhere)
+    resumed_cfg = tiny_config(tmp_path, config="anchored.yaml", data=cfg.data.path,
+                              extra=RESUME + [f"total_steps={2 * K}", f"load_path={tmp_path / 'logs' / 'disc'}",
+                                              f"load_step={K}", f"outdir={tmp_path / 'logs2'}"])
     resumed = Trainer(resumed_cfg, guidance=StubGuidance())
     assert resumed.step == K
     assert resumed.model.num == saved["model"]["means"].shape[0]
@@ -69,14 +68,12 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert resumed.step == 2 * K
     assert_same(state_of(straight), state_of(resumed))
     # densification statistics too
-    for key, value in straight.densify.state_dict().items():
-        other = resumed.densify.state_dict()[key]
+    for key, value in straight.densify_state.items():
+        other = resumed.densify_state[key]
         assert (value is None and other is None) or torch.equal(value, other), key
 
 
 def test_latest_complete_checkpoint_is_loaded(tmp_path):
-    from trainer import Trainer, checkpoint_folder
-
     cfg = tiny_config(tmp_path, extra=["export_frames=false"])
     trainer = Trainer(cfg)
     trainer.train_step()
@@ -87,14 +84,15 @@ def test_latest_complete_checkpoint_is_loaded(tmp_path):
     # an interrupted save: the folder exists, model.ply maybe, but no checkpoint.pt yet
     (run / "7").mkdir()
     (run / "7" / "model.ply").write_bytes(b"partial")
-    assert checkpoint_folder(str(tmp_path / "logs"), "disc", None) == str(run / "2")
-    assert checkpoint_folder(str(tmp_path / "logs"), "disc", 1) == str(run / "1")
-    assert checkpoint_folder("elsewhere", str(run), None) == str(run / "2")
-    assert checkpoint_folder("elsewhere", str(run / "1"), None) == str(run / "1")
+    logs = str(tmp_path / "logs")
+    assert find_saved_step(run_folder(logs, "disc")) == (str(run / "2"), 2)
+    assert find_saved_step(run_folder(logs, "disc"), 1) == (str(run / "1"), 1)
+    assert find_saved_step(run_folder("elsewhere", str(run))) == (str(run / "2"), 2)
+    assert find_saved_step(run_folder("elsewhere", str(run / "1"))) == (str(run / "1"), 1)
     with pytest.raises(DataError, match="load_step"):
-        checkpoint_folder(str(tmp_path / "logs"), "disc", 7)
-    with pytest.raises(DataError, match="load_path=nope"):
-        checkpoint_folder(str(tmp_path / "logs"), "nope", None)
+        find_saved_step(run_folder(logs, "disc"), 7)
+    with pytest.raises(DataError, match="no complete saved step"):
+        find_saved_step(run_folder(logs, "nope"))
 
     resumed = Trainer(tiny_config(tmp_path, extra=["export_frames=false", "load_path=disc"]))
     assert resumed.step == 2
@@ -103,8 +101,6 @@ def test_latest_complete_checkpoint_is_loaded(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A crash while writing checkpoint.pt leaves no checkpoint.pt (nor temporary files)."""
-    from trainer import Trainer
-
     trainer = Trainer(tiny_config(tmp_path, extra=["export_frames=false"]))
     trainer.train_step()
     trainer.save()

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from errors import ModelUnavailable
-from guidance.zero123pp import AnchorMismatch, TemporalAnchor, record_bytes
-from guidance.zero123pp.temporal_anchor import PinnedArena
-from guidance.zero123pp.pipeline import composite_on_gray, load_pipeline
-from guidance.zero123pp.random_model import save_model_folder
+from stag4d.errors import ModelUnavailable
+from stag4d.multiview import AnchorMismatch, TemporalAnchor, record_bytes
+from stag4d.multiview.pipeline import composite_on_gray, load_pipeline
+from stag4d.multiview.random_model import save_model_folder
+from stag4d.multiview.temporal_anchor import PinnedArena
 
 WIDTH, HEIGHT, STEPS = 32, 48, 2
 

@@ -2,6 +2,9 @@
 guidance, the missing-model error, and held-out views/frames never reaching the losses."""
 import math
 import os
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -9,8 +12,13 @@ import torch
 from PIL import Image
 
 import cam_utils
-import config_utils
-from errors import ModelUnavailable
+from gs_renderer import GaussianModel4D
+from guidance.conditioning import anchor_for_azimuth
+from stag4d.config import load_config
+from stag4d.errors import ModelUnavailable, UserError
+from stag4d.training import cli
+from stag4d.training import trainer as trainer_module
+from stag4d.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPHERE_RADIUS = 0.35
@@ -58,7 +66,7 @@ def tiny_config(tmp_path, config="anchored.yaml", extra=(), data=None):
     data = data or make_disc_dataset(tmp_path / "disc")
     overrides = TINY + [f"path={data}", "save_path=disc", f"outdir={tmp_path / 'logs'}",
                         f"valid_dir={tmp_path / 'valid'}"] + list(extra)
-    return config_utils.load_config(os.path.join(REPO, "configs", config), overrides)
+    return load_config(os.path.join(REPO, "configs", config), overrides)
 
 
 class StubGuidance:
@@ -97,8 +105,6 @@ def reference_mse(trainer) -> float:
 
 @pytest.mark.slow
 def test_end_to_end_anchored_run_learns_and_writes_outputs(tmp_path):
-    from trainer import Trainer
-
     cfg = tiny_config(tmp_path, extra=["total_steps=24", "save_step=12", "valid_interval=12"])
     trainer = Trainer(cfg)
     assert trainer.guidance is None  # anchored: no diffusion model
@@ -121,18 +127,14 @@ def test_end_to_end_anchored_run_learns_and_writes_outputs(tmp_path):
     # no temporary files left behind by the atomic writes
     leftovers = [f for _, _, files in os.walk(tmp_path) for f in files if ".tmp" in f]
     assert leftovers == []
-    saved = config_utils.load_config(str(tmp_path / "logs" / "disc" / "24" / "config.yaml"))
-    assert saved.total_steps == 24 and saved.path == cfg.path
-
-    from gs_renderer import GaussianModel4D
+    saved = load_config(str(tmp_path / "logs" / "disc" / "24" / "config.yaml"))
+    assert saved == cfg
 
     loaded = GaussianModel4D.load(str(tmp_path / "logs" / "disc" / "24"))
     assert loaded.num == trainer.model.num
 
 
 def test_train_step_returns_detached_losses_and_counts(tmp_path):
-    from trainer import Trainer
-
     trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=1"]))
     first = trainer.train_step()  # coarse
     second = trainer.train_step()  # fine
@@ -147,8 +149,6 @@ def test_train_step_returns_detached_losses_and_counts(tmp_path):
 
 
 def test_coarse_stage_uses_canonical_gaussians_and_the_middle_frame(tmp_path, monkeypatch):
-    from trainer import Trainer
-
     trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=2"]))
     seen_times = []
     original = trainer.model.gaussians_at_times
@@ -159,7 +159,7 @@ def test_coarse_stage_uses_canonical_gaussians_and_the_middle_frame(tmp_path, mo
 
     monkeypatch.setattr(trainer.model, "gaussians_at_times", spy)
     frames = []
-    monkeypatch.setattr(trainer, "_sample_frames", _recording(trainer._sample_frames, frames))
+    monkeypatch.setattr(trainer, "sample_batch", _recording(trainer.sample_batch, frames))
     trainer.train_step()
     trainer.train_step()
     assert seen_times == []  # no deformation in the coarse stage
@@ -171,16 +171,13 @@ def test_coarse_stage_uses_canonical_gaussians_and_the_middle_frame(tmp_path, mo
 def _recording(function, log):
     def wrapper(*args, **kwargs):
         result = function(*args, **kwargs)
-        log.append(list(result))
+        log.append(list(result.frames))
         return result
 
     return wrapper
 
 
 def test_sds_path_with_stub_guidance(tmp_path):
-    from guidance.conditioning import anchor_for_azimuth
-    from trainer import Trainer
-
     stub = StubGuidance()
     cfg = tiny_config(tmp_path, config="stag4d.yaml",
                       extra=["lambda_ref_rgb=0", "lambda_ref_alpha=0", "lambda_tv=0", "lambda_anisotropy=0",
@@ -224,15 +221,13 @@ def test_sds_path_with_stub_guidance(tmp_path):
 
 @pytest.mark.parametrize("hub_id", [False, True])
 def test_missing_zero123_model_stops_before_training(tmp_path, monkeypatch, capsys, hub_id):
-    import main
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = make_disc_dataset(tmp_path / "disc")
     missing = "nobody/no-such-zero123" if hub_id else tmp_path / "no_such_model"
     argv = ["--config", os.path.join(REPO, "configs", "stag4d.yaml"), *TINY, f"path={data}",
             f"outdir={tmp_path / 'logs'}", f"valid_dir={tmp_path / 'valid'}", f"zero123_model={missing}"]
     with pytest.raises(SystemExit) as info:
-        main.main(argv)
+        cli.main(argv)
     err = capsys.readouterr().err
     assert info.value.code == 2
     # the libraries' own retry and deprecation messages are silenced: stderr is the one error line
@@ -242,20 +237,15 @@ def test_missing_zero123_model_stops_before_training(tmp_path, monkeypatch, caps
 
 
 def test_missing_model_error_is_raised_by_the_trainer(tmp_path, monkeypatch):
-    import guidance
-    from trainer import Trainer
-
     def unavailable(cfg, device):
         raise ModelUnavailable(f"{cfg.zero123_model} not found")
 
-    monkeypatch.setattr(guidance, "load_guidance", unavailable)
+    monkeypatch.setattr(trainer_module, "load_guidance", unavailable)
     with pytest.raises(ModelUnavailable, match=r"needs Zero123: .* not found; point zero123_model= at a local diffusers folder.*anchored\.yaml"):
         Trainer(tiny_config(tmp_path, config="stag4d.yaml"))
 
 
 def test_held_out_views_and_frames_are_never_used(tmp_path):
-    from trainer import Trainer
-
     stub = StubGuidance()
     cfg = tiny_config(tmp_path, config="anchored.yaml",
                       extra=["holdout_views=[1,3]", "holdout_frames=[1]", "lambda_zero123=1", "init_steps=1",
@@ -284,23 +274,16 @@ def test_held_out_views_and_frames_are_never_used(tmp_path):
 
 
 def test_held_out_middle_frame_falls_back_to_the_nearest(tmp_path):
-    from trainer import Trainer
-
     trainer = Trainer(tiny_config(tmp_path, extra=["holdout_frames=[2]"]))
     assert trainer.middle_frame == 1 and trainer.train_frames == [0, 1, 3]
 
 
 def test_bad_holdout_frame_is_one_line(tmp_path):
-    from errors import UserError
-    from trainer import Trainer
-
     with pytest.raises(UserError, match=r"holdout_frames=\[9\]: the data has frames 0..3"):
         Trainer(tiny_config(tmp_path, extra=["holdout_frames=[9]"]))
 
 
 def test_render_for_the_viewer(tmp_path):
-    from trainer import Trainer
-
     trainer = Trainer(tiny_config(tmp_path))
     camera = cam_utils.Camera.orbit(0.0, 45.0, size=24)
     out = trainer.render(camera, time=0.5, background=(0, 0, 0))
@@ -315,44 +298,34 @@ def test_render_for_the_viewer(tmp_path):
 
 
 def test_trainer_module_is_headless():
-    import subprocess
-    import sys
-
-    code = ("import sys, trainer; bad = [m for m in ('dearpygui', 'diffusers', 'transformers', 'rembg') "
+    code = ("import sys, stag4d.training.trainer; bad = [m for m in ('dearpygui', 'diffusers', 'transformers', 'rembg') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_gui_hands_the_trainer_to_the_viewer(tmp_path, monkeypatch):
-    import sys
-    import types
-
-    import main
-    from trainer import Trainer
-
     calls = []
     fake = types.ModuleType("viewer")
     fake.require_gui = lambda: None
-    fake.run_viewer = lambda trainer, cfg: calls.append((trainer, cfg))
-    monkeypatch.setitem(sys.modules, "viewer", fake)
+    fake.TrainingSession = lambda trainer: ("session", trainer)
+    fake.run_viewer = lambda session, settings, camera, ref_size: calls.append((session, settings))
+    monkeypatch.setattr(cli, "viewer", fake)
     data = make_disc_dataset(tmp_path / "disc")
-    main.main(["--config", os.path.join(REPO, "configs", "anchored.yaml"), *TINY, f"path={data}", "gui=True",
-               f"outdir={tmp_path / 'logs'}", f"valid_dir={tmp_path / 'valid'}"])
+    cli.main(["--config", os.path.join(REPO, "configs", "anchored.yaml"), *TINY, f"path={data}", "gui=True",
+              f"outdir={tmp_path / 'logs'}", f"valid_dir={tmp_path / 'valid'}"])
     assert len(calls) == 1
-    trainer, cfg = calls[0]
-    assert isinstance(trainer, Trainer) and trainer.step == 0 and cfg.gui is True
+    (_, trainer), settings = calls[0]
+    assert isinstance(trainer, Trainer) and trainer.step == 0 and settings.gui is True
     assert not (tmp_path / "logs").exists()  # the viewer drives training, main does not
 
 
 @pytest.mark.slow
 def test_demo_config_runs_on_the_committed_demo_data(tmp_path, capsys):
-    import main
-
     demo = os.path.join(REPO, "dataset", "demo")
     if not os.path.isdir(os.path.join(demo, "ref")):
         pytest.skip("dataset/demo is not here")
-    main.main(["--config", os.path.join(REPO, "configs", "demo.yaml"), "total_steps=3", "valid_interval=3",
+    cli.main(["--config", os.path.join(REPO, "configs", "demo.yaml"), "total_steps=3", "valid_interval=3",
                "num_pts=500", "ref_size=48", "anchor_size=48", f"outdir={tmp_path / 'logs'}",
                f"valid_dir={tmp_path / 'valid'}"])
     assert "saved" in capsys.readouterr().out

@@ -1,7 +1,8 @@
-"""Viewer (viewer.py): the controller's callbacks on a tiny CPU trainer without a display, the
+"""Viewer (stag4d/viewer.py): the controller's callbacks on a tiny CPU trainer without a display, the
 saved-model session, one-line errors without a display or without dearpygui, and the real
 dearpygui window under Xvfb (skipped when Xvfb is missing or cannot give dearpygui an OpenGL
 viewport; that check runs in a subprocess so a GLFW abort cannot kill pytest)."""
+import dataclasses
 import math
 import os
 import select
@@ -15,9 +16,13 @@ import torch
 from PIL import Image
 
 import cam_utils
-import config_utils
-import viewer
-from errors import UserError
+from cam_utils import CameraConfig
+from gs_renderer import GaussianModel4D
+from stag4d import viewer
+from stag4d.config import load_config
+from stag4d.errors import UserError
+from stag4d.training.trainer import Trainer
+from stag4d.viewer import ViewerConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_FRAMES = 4
@@ -59,10 +64,15 @@ def tiny_overrides(data: str, tmp_path, extra=()) -> list:
 
 
 def tiny_trainer(data: str, tmp_path, extra=()):
-    from trainer import Trainer
-
-    cfg = config_utils.load_config(os.path.join(REPO, "configs", "anchored.yaml"), tiny_overrides(data, tmp_path, extra))
+    cfg = load_config(os.path.join(REPO, "configs", "anchored.yaml"), tiny_overrides(data, tmp_path, extra))
     return Trainer(cfg)
+
+
+def training_app(trainer, **settings):
+    """The viewer app on a training session, with the run's viewer settings (some replaced)."""
+    cfg = trainer.cfg
+    return viewer.make_app(viewer.TrainingSession(trainer), dataclasses.replace(cfg.viewer, **settings), cfg.camera,
+                           cfg.data.ref_size)
 
 
 def alpha_mean(app: viewer.ViewerApp) -> float:
@@ -78,7 +88,7 @@ def test_no_display_is_a_one_line_error(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     # run_viewer checks before it touches its target: nothing is built, no window is tried
     with pytest.raises(viewer.NoDisplayError) as info:
-        viewer.run_viewer(object(), None)
+        viewer.run_viewer(object(), ViewerConfig(), CameraConfig(), 32)
     message = str(info.value)
     assert "\n" not in message
     assert "no display" in message and "DISPLAY" in message
@@ -106,7 +116,8 @@ def test_missing_dearpygui_says_how_to_install(monkeypatch):
 
 
 def test_headless_imports_do_not_load_dearpygui():
-    code = "import sys, viewer, trainer, main; assert 'dearpygui' not in sys.modules, 'dearpygui imported'"
+    code = ("import sys, stag4d.viewer, stag4d.training.trainer, stag4d.training.cli; "
+            "assert 'dearpygui' not in sys.modules, 'dearpygui imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
@@ -129,7 +140,7 @@ def test_main_gui_without_display_exits_with_one_line(disc_data, tmp_path):
 
 def test_controller_callbacks_drive_view_and_training(disc_data, tmp_path):
     trainer = tiny_trainer(disc_data, tmp_path)
-    app = viewer.make_app(viewer.make_session(trainer), trainer.cfg)
+    app = training_app(trainer)
     assert app.size == REF_SIZE and app.steps_per_frame == 1
     assert app.update() and app.image.shape == (REF_SIZE, REF_SIZE, 3)
     first = app.image.copy()
@@ -223,10 +234,8 @@ def test_controller_callbacks_drive_view_and_training(disc_data, tmp_path):
 
 
 def test_training_stops_and_saves_at_total_steps_then_views_the_saved_model(disc_data, tmp_path):
-    from gs_renderer import GaussianModel4D
-
     trainer = tiny_trainer(disc_data, tmp_path, extra=["total_steps=3"])
-    app = viewer.make_app(viewer.make_session(trainer), trainer.cfg, steps_per_frame=5)
+    app = training_app(trainer, viewer_steps_per_frame=5)
     app.on_start_stop()
     app.update()
     assert trainer.step == 3 and not app.session.running and "finished" in app.message
@@ -240,7 +249,9 @@ def test_training_stops_and_saves_at_total_steps_then_views_the_saved_model(disc
     app.update()
 
     model = GaussianModel4D.load(folder)
-    saved = viewer.make_app(viewer.make_session(model, trainer.cfg, data=trainer.data), trainer.cfg)
+    cfg = trainer.cfg
+    session = viewer.SavedModelSession(model, cfg.train.backend, data=trainer.data, folder=str(tmp_path / "shots"))
+    saved = viewer.make_app(session, cfg.viewer, cfg.camera, cfg.data.ref_size)
     assert not saved.session.can_train and saved.num_frames == NUM_FRAMES
     saved.on_time_slider(0.5)
     saved.on_orbit(100.0, -40.0)
@@ -252,7 +263,8 @@ def test_training_stops_and_saves_at_total_steps_then_views_the_saved_model(disc
     assert "step" not in saved.status()
 
     # without data or a frame count: continuous time, no overlay
-    bare = viewer.make_app(viewer.SavedModelSession(model, None, folder=str(tmp_path / "shots")), None, size=24)
+    bare = viewer.make_app(viewer.SavedModelSession(model, folder=str(tmp_path / "shots")), ViewerConfig(viewer_size=24),
+                           CameraConfig(), 512)
     assert bare.num_frames is None and bare.time_max == 1.0 and bare.nearest_frame is None
     bare.on_overlay(1.0)
     bare.on_play()
@@ -323,7 +335,7 @@ def window_scenario(data: str, tmp: str) -> None:
     tmp_path = pathlib.Path(tmp)
     viewer.require_gui()  # the display check passes here
     trainer = tiny_trainer(data, tmp_path)
-    app = viewer.make_app(viewer.make_session(trainer), trainer.cfg, size=64)
+    app = training_app(trainer, viewer_size=64)
     app.build()
     try:
         for _ in range(3):
@@ -390,7 +402,9 @@ def run_viewer_scenario(data: str, tmp: str) -> None:
             dpg.stop_dearpygui()  # what closing the window does
 
     viewer.ViewerApp.frame = frame_then_close
-    app = viewer.run_viewer(trainer, trainer.cfg, size=48)
+    cfg = trainer.cfg
+    app = viewer.run_viewer(viewer.TrainingSession(trainer), dataclasses.replace(cfg.viewer, viewer_size=48),
+                            cfg.camera, cfg.data.ref_size)
     assert frames == [1, 2] and app._dpg is None, frames
     assert os.path.isfile(os.path.join(trainer.run_folder, "2", "checkpoint.pt"))
 

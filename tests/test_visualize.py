@@ -1,7 +1,6 @@
-"""visualize.py and video_utils.py on a tiny hand-built model with a nonzero, smooth deformation."""
+"""visualize.py and the video helpers on a tiny hand-built model with a nonzero, smooth deformation."""
 import math
 import os
-import sys
 import types
 
 import numpy as np
@@ -9,13 +8,17 @@ import pytest
 import torch
 
 import cam_utils
-import runs
-import video_utils
-import visualize
-from deformation import DeformationConfig
-from errors import UserError
+from cam_utils import CameraConfig
 from gs_renderer import GaussianModel4D
-from rasterizer import render
+from stag4d.config import config_from_dict, load_config, to_yaml
+from stag4d.data import video as video_utils
+from stag4d.errors import UserError
+from stag4d.evaluation import visualize
+from stag4d.evaluation.saved_model import frame_count
+from stag4d.files import save_image, torch_save
+from stag4d.gaussians.deformation import DeformationConfig
+from stag4d.rasterizer import render
+from stag4d.training import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "stag4d.yaml")
@@ -27,7 +30,7 @@ TRACK_NAMES = ("front", "back", "front_moving", "back_moving", "round")
 def tiny_model(seed: int = 0, shift: float = 0.0) -> GaussianModel4D:
     """300 coloured Gaussians; the time planes vary smoothly (a sine) so the model moves with t."""
     torch.manual_seed(seed)
-    cfg = DeformationConfig(features=4, spatial_resolution=4, time_resolution=17, multires=(1,), net_width=8,
+    cfg = DeformationConfig(kplanes_features=4, kplanes_resolution=[4, 4, 4, 17], multires=[1], net_width=8,
                             time_mapping="full")
     model = GaussianModel4D(sh_degree=0, deformation=cfg)
     g = torch.Generator().manual_seed(seed)
@@ -61,15 +64,22 @@ def image_u8(out) -> np.ndarray:
     return video_utils.to_uint8(out.image)
 
 
+def save_step(model: GaussianModel4D, folder: str) -> None:
+    """What a trainer's save leaves: the model files, then (last) the checkpoint that completes it."""
+    model.save(folder)
+    torch_save({"format": 1}, os.path.join(folder, runs.CHECKPOINT_FILE))
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """logs/run/5 = the model, logs/run/10 = the model shifted by +0.3 in x, logs/run/7 = unfinished save."""
+    """logs/run/5 = the model, logs/run/10 = the model shifted by +0.3 in x, logs/run/7 and 12 =
+    interrupted saves (no checkpoint.pt: not complete)."""
     root = tmp_path_factory.mktemp("visualize")
-    model = tiny_model(0)
-    model.save(str(root / "logs" / "run" / "5"))
-    tiny_model(0, shift=0.3).save(str(root / "logs" / "run" / "10"))
+    save_step(tiny_model(0), str(root / "logs" / "run" / "5"))
+    save_step(tiny_model(0, shift=0.3), str(root / "logs" / "run" / "10"))
     (root / "logs" / "run" / "7").mkdir()
-    (root / "logs" / "run" / "7" / "model.ply").write_bytes(b"")  # no deformation.pt: not a saved model
+    (root / "logs" / "run" / "7" / "model.ply").write_bytes(b"")
+    tiny_model(0, shift=-0.3).save(str(root / "logs" / "run" / "12"))  # killed before its checkpoint
     return root
 
 
@@ -142,7 +152,7 @@ def test_streamed_videos_equal_the_in_memory_frames(cli_run):
     """write_videos (streaming) and render_tracks (in memory) give the same frames, every mode."""
     model = tiny_model(0, shift=0.3)
     names = ("back", "front_moving", "round")
-    tracks = {name: cameras for name, cameras in visualize.video_tracks(T, 0.0, 2.0, 49.1, SIZE).items()
+    tracks = {name: cameras for name, cameras in visualize.video_tracks(T, CameraConfig(), SIZE).items()
               if name in names}
     frames = visualize.render_tracks(model, tracks, visualize.training_times(T), backend="torch",
                                      modes=["image", "depth", "alpha"], chunk=3, progress=False)
@@ -170,7 +180,7 @@ def test_load_step_selects_an_older_model(workspace):
 def test_render_orbit_frames_equals_direct_renders():
     model = tiny_model(1)
     times = [0.0, 0.3, 0.55]
-    cameras = visualize.orbit_track(-30.0, 2.0, len(times), 10.0, 2.0, 49.1, SIZE)
+    cameras = visualize.orbit_track(-30.0, 2.0, len(times), CameraConfig(elevation=10.0), SIZE)
     frames = visualize.render_orbit_frames(model, cameras, times, backend="torch", chunk=2, progress=False)
     assert set(frames) == {"image"} and frames["image"].shape == (3, SIZE, SIZE, 3)
     for f, time in enumerate(times):
@@ -181,7 +191,7 @@ def test_render_orbit_frames_equals_direct_renders():
 
 def test_video_tracks_follow_the_released_angles():
     num = 6
-    tracks = visualize.video_tracks(num, -15.0, 2.5, 40.0, 16)
+    tracks = visualize.video_tracks(num, CameraConfig(elevation=-15.0, radius=2.5, fovy=40.0), 16)
     assert list(tracks) == list(TRACK_NAMES)
     starts = {"front": (0.0, 0.0), "back": (180.0, 0.0), "front_moving": (-30.0, 2.0),
               "back_moving": (150.0, 2.0), "round": (0.0, 360.0 / num)}
@@ -207,7 +217,7 @@ def test_interpolated_frames_change_smoothly_across_training_frames():
     model = tiny_model(0)
     steps_per_frame = 4
     times = visualize.interpolated_times(T, steps_per_frame * (T - 1) + 1)  # training frames at j = 0, 4, 8, 12
-    cameras = visualize.orbit_track(0.0, 0.0, len(times), 0.0, 2.0, 49.1, SIZE)
+    cameras = visualize.orbit_track(0.0, 0.0, len(times), CameraConfig(), SIZE)
     frames = visualize.render_orbit_frames(model, cameras, times, backend="torch", progress=False)["image"]
     frames = frames.astype(np.float32)
     steps = np.array([np.abs(frames[j + 1] - frames[j]).mean() for j in range(len(times) - 1)])
@@ -225,7 +235,7 @@ def test_interpolated_frames_change_smoothly_across_training_frames():
 
 def test_contact_sheet_tiles_are_the_renders():
     model = tiny_model(0)
-    sheet = visualize.contact_sheet(model, T, [0.0, 120.0], 2, 0.0, 2.0, 49.1, 20, backend="torch", progress=False)
+    sheet = visualize.contact_sheet(model, T, [0.0, 120.0], 2, CameraConfig(), 20, backend="torch", progress=False)
     tiles = np.stack([np.stack([image_u8(direct_render(model, a, i / T, size=20)) for a in (0.0, 120.0)])
                       for i in (0, T - 1)])
     plain = video_utils.contact_sheet(tiles, gap=2)
@@ -240,16 +250,16 @@ def test_contact_sheet_tiles_are_the_renders():
 # saved runs and options
 
 
-def test_find_model_folder(workspace):
+def test_only_complete_saves_are_found(workspace):
     run = str(workspace / "logs" / "run")
-    assert runs.saved_steps(run) == [5, 10]
-    assert visualize.find_model_folder(run) == (os.path.join(run, "10"), 10)
-    assert visualize.find_model_folder(run, 5) == (os.path.join(run, "5"), 5)
+    assert runs.saved_steps(run) == [5, 10]  # 7 and 12 were interrupted
+    assert runs.find_saved_step(run) == (os.path.join(run, "10"), 10)
+    assert runs.find_saved_step(run, 5) == (os.path.join(run, "5"), 5)
     with pytest.raises(UserError, match=r"saved steps: 5, 10") as err:
-        visualize.find_model_folder(run, 7)
+        runs.find_saved_step(run, 12)
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match=r"runs with a saved model in .*: run;") as err:
-        visualize.find_model_folder(str(workspace / "logs" / "nothing"))
+        runs.find_saved_step(str(workspace / "logs" / "nothing"))
     assert "\n" not in str(err.value)
 
 
@@ -258,31 +268,29 @@ def test_cli_missing_run_is_one_line(workspace, capsys):
         visualize.main(["--config", CONFIG, "save_path=absent", f"outdir={workspace / 'logs'}", "device=cpu"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no saved model") and "run" in err and len(err.splitlines()) == 1
+    assert err.startswith("error: no complete saved step") and "run" in err and len(err.splitlines()) == 1
 
 
 def test_frame_count_sources(tmp_path):
-    from config_utils import load_config
-
     folder = tmp_path / "logs" / "r" / "3"
     folder.mkdir(parents=True)
     cfg = load_config(CONFIG, ["save_path=r"], require_path=False)
     with pytest.raises(UserError, match="num_frames=T"):
-        visualize.frame_count(cfg, str(folder))
+        frame_count(cfg, None, str(folder))
     dataset = tmp_path / "data"
     (dataset / "ref").mkdir(parents=True)
     for i in range(5):
         (dataset / "ref" / f"{i}_rgba.png").write_bytes(b"")
-    (folder / "config.yaml").write_text(f"path: {dataset}\nnum_frames: null\n")
-    assert visualize.frame_count(cfg, str(folder)) == 5  # the run's dataset
+    trained = config_from_dict({"path": str(dataset)})
+    assert frame_count(cfg, trained, str(folder)) == 5  # the run's dataset
     (folder / "frames").mkdir()
     for i in range(3):
         (folder / "frames" / f"{i}.ply").write_bytes(b"")
-    assert visualize.frame_count(cfg, str(folder)) == 3  # what the run exported
-    (folder / "config.yaml").write_text("num_frames: 2\n")
-    assert visualize.frame_count(cfg, str(folder)) == 2  # what the run was trained with
-    cfg.num_frames = 7
-    assert visualize.frame_count(cfg, str(folder)) == 7  # the command line wins
+    assert frame_count(cfg, trained, str(folder)) == 3  # what the run exported
+    trained.data.num_frames = 2
+    assert frame_count(cfg, trained, str(folder)) == 2  # what the run was trained with
+    cfg.data.num_frames = 7
+    assert frame_count(cfg, trained, str(folder)) == 7  # the command line wins
 
 
 def test_options():
@@ -302,36 +310,39 @@ def test_gui_opens_the_viewer_on_the_saved_model(workspace, monkeypatch):
     calls = []
     fake = types.ModuleType("viewer")
     fake.require_gui = lambda: None
-    fake.run_viewer = lambda target, cfg=None, data=None, **kwargs: calls.append((target, cfg, data))
-    monkeypatch.setitem(sys.modules, "viewer", fake)
-    cfg, opts = visualize.load_config(CONFIG, cli_args(workspace, "gui=True")[2:])
+    fake.SavedModelSession = lambda model, backend, num_frames, data, folder: (model, num_frames, data)
+    fake.run_viewer = lambda session, settings, camera, ref_size: calls.append(session)
+    monkeypatch.setattr(visualize, "viewer", fake)
+    cfg, opts = visualize.load_settings(CONFIG, cli_args(workspace, "gui=True")[2:])
     assert visualize.run(cfg, opts, progress=False) == []
-    (model, view_cfg, data), = calls
+    (model, num_frames, data), = calls
     assert isinstance(model, GaussianModel4D) and not hasattr(model, "train_step")
-    assert view_cfg.num_frames == T and data is None  # no dataset given: no reference overlay
-    with torch.no_grad():  # the latest step (10): the shifted model
+    assert num_frames == T and data is None  # no dataset given: no reference overlay
+    with torch.no_grad():  # the latest complete step (10): the shifted model
         assert torch.allclose(model.means, tiny_model(0, shift=0.3).means)
 
 
 def test_viewer_reference_overlay_comes_from_the_dataset(tmp_path):
-    from config_utils import load_config
-    from io_utils import save_image
-
     for i in range(5):
         save_image(str(tmp_path / "ref" / f"{i}_rgba.png"), np.full((12, 12, 4), 40 * i, np.uint8))
     cfg = load_config(CONFIG, [f"path={tmp_path}", "ref_size=8"])
     data = visualize.reference_frames(cfg, 3)
     assert data.num_frames == 3 and tuple(data.ref_rgb.shape) == (3, 3, 8, 8)
-    cfg.path = str(tmp_path / "elsewhere")
+    cfg.data.path = str(tmp_path / "elsewhere")
     assert visualize.reference_frames(cfg, 3) is None
 
 
-def test_gui_without_viewer_is_one_line(workspace, monkeypatch):
-    monkeypatch.setitem(sys.modules, "viewer", None)  # import viewer -> ImportError
-    cfg, opts = visualize.load_config(CONFIG, cli_args(workspace, "gui=True")[2:])
-    with pytest.raises(UserError) as err:
+def test_saved_run_config_warns_about_other_cameras(workspace, capsys):
+    folder = workspace / "logs" / "run" / "5"
+    (folder / "config.yaml").write_text(to_yaml(config_from_dict({"path": "x", "elevation": -10.0})))
+    try:
+        cfg, opts = visualize.load_settings(CONFIG, cli_args(workspace, "load_step=5", "sheet_times=0",
+                                                             "modes=[alpha]", "frames=1",
+                                                             f"valid_dir={workspace / 'valid_warn'}")[2:])
         visualize.run(cfg, opts, progress=False)
-    assert "gui" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        (folder / "config.yaml").unlink()
+    assert "elevation=0.0 here but the run was trained with elevation=-10.0" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,200 @@
+"""Zero123++ multi-view anchors of every frame, with STAG4D's temporal anchor (SPEC section 9).
+
+    python scripts/gen_mv.py --path dataset/NAME [--model ID_OR_DIR] [--steps 75] [--seed 42]
+        [--guidance 4.0] [--matting rembg|color] [--overwrite] [--no-temporal-anchor]
+        [--device cuda|cpu]
+
+1. Frames given directly as ``dataset/NAME/<i>.png`` or ``<i>_rgba.png`` are first copied into
+   ``ref/<i>_rgba.png`` (the released code does the same with ``cp``); then the frames are
+   ``ref/<i>_rgba.png``, i = 0..T-1, in numeric order. A frame without alpha is matted first.
+2. Each frame, composited on grey 127 as Zero123++ expects, goes through Zero123++ v1.1 (75
+   steps, guidance 4.0, the same seed for every frame) into a 640x960 grid of six 320x320 views.
+   With the temporal anchor (default) frame 0 records its self-attention key/value inputs and
+   every later frame blends them into its own (:mod:`stag4d.multiview.temporal_anchor`).
+3. The grid is cut into its six tiles (tile k at column k % 2, row k // 2, ``cam_utils.tile_box``),
+   each tile is matted (``--matting``: rembg as in the released code, or the offline colour key)
+   and written atomically as ``zero123/<i>_rgba/<k>.png`` (RGBA).
+
+Frames whose six views exist are skipped unless ``--overwrite``. When the anchor is on and frame
+0's views exist but a later frame's do not, frame 0 is generated again to record the anchor (its
+files are left alone).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from cam_utils import tile_box
+from stag4d.data import matting
+from stag4d.data.frames import list_ref_frames
+from stag4d.device import resolve_device
+from stag4d.errors import DataError, ModelUnavailable, UserError, exit_on_user_error, quiet_hub_warnings
+from stag4d.files import save_image
+from stag4d.multiview.temporal_anchor import TemporalAnchor
+
+MATTINGS = ("rembg", "color")
+TOP_LEVEL_FRAME = re.compile(r"^(\d+)(?:_rgba)?\.png$")
+NUM_VIEWS = 6
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--path", required=True, help="dataset folder (holds ref/ or the frames themselves)")
+    parser.add_argument("--model", default="sudo-ai/zero123plus-v1.1",
+                        help="hub id or local folder of Zero123++ in the diffusers layout")
+    parser.add_argument("--steps", type=int, default=75, help="denoising steps")
+    parser.add_argument("--seed", type=int, default=42, help="seed, the same for every frame")
+    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    parser.add_argument("--matting", choices=MATTINGS, default="rembg", help="matte of the generated views")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate frames whose views exist")
+    parser.add_argument("--no-temporal-anchor", action="store_true",
+                        help="plain Zero123++ per frame (no blending with frame 0)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--width", type=int, default=640, help="grid width (2 tiles; tests use small sizes)")
+    parser.add_argument("--height", type=int, default=960, help="grid height (3 tiles)")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.steps < 1:
+        raise UserError(f"--steps {args.steps}: give at least 1 (75 is the released setting)")
+    if args.width < 2 or args.width % 2 or args.height * 2 != args.width * 3:
+        raise UserError(
+            f"--width {args.width} --height {args.height}: the grid is 2 x 3 square tiles, so the width must "
+            "be even and the height 3/2 of it (640 x 960)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# frames and files
+# --------------------------------------------------------------------------------------------
+
+
+def copy_top_level_frames(path: str) -> int:
+    """Copy ``<path>/<i>.png`` / ``<path>/<i>_rgba.png`` to ``<path>/ref/<i>_rgba.png``; returns the count."""
+    if not os.path.isdir(path):
+        raise DataError(f"dataset folder {path} does not exist: give the folder that holds ref/ (or the frames)")
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png") and os.path.isfile(os.path.join(path, n)))
+    for name in names:
+        if TOP_LEVEL_FRAME.match(name) is None:
+            raise DataError(
+                f"{os.path.join(path, name)} is not named <i>.png or <i>_rgba.png: rename it, or move it out "
+                f"of {path} (frames given directly in the dataset folder are copied into ref/)"
+            )
+    if names:
+        os.makedirs(os.path.join(path, "ref"), exist_ok=True)
+    for name in names:
+        frame = int(TOP_LEVEL_FRAME.match(name).group(1))
+        shutil.copyfile(os.path.join(path, name), os.path.join(path, "ref", f"{frame}_rgba.png"))
+    return len(names)
+
+
+def view_files(path: str, frame: int) -> list[str]:
+    """``<path>/zero123/<frame>_rgba/<k>.png`` for k = 0..5."""
+    return [os.path.join(path, "zero123", f"{frame}_rgba", f"{k}.png") for k in range(NUM_VIEWS)]
+
+
+def has_views(path: str, frame: int) -> bool:
+    return all(os.path.isfile(file) for file in view_files(path, frame))
+
+
+def matte(rgb: np.ndarray, method: str) -> np.ndarray:
+    """Alpha [H, W] float32 of a uint8 RGB image [H, W, 3]."""
+    return matting.matte_rembg(rgb) if method == "rembg" else matting.matte_color(rgb)
+
+
+def read_frame(file: str, method: str) -> np.ndarray:
+    """uint8 RGBA [H, W, 4] of a frame; a frame without alpha gets one from ``method``."""
+    try:
+        with Image.open(file) as image:
+            image.load()
+            has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+            array = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{file} cannot be read as an image ({' '.join(str(err).split())}): re-export it as PNG") from None
+    if has_alpha:
+        return np.ascontiguousarray(array)
+    return matting.apply_alpha(np.ascontiguousarray(array), matte(array, method))
+
+
+def split_grid(grid: np.ndarray, tile: int) -> list[np.ndarray]:
+    """The six tiles [tile, tile, C] of a Zero123++ grid [3 tile, 2 tile, C] (tile k: column k % 2, row k // 2)."""
+    tiles = []
+    for k in range(NUM_VIEWS):
+        top, left, bottom, right = tile_box(k, tile)
+        tiles.append(np.ascontiguousarray(grid[top:bottom, left:right]))
+    return tiles
+
+
+def save_views(path: str, frame: int, grid: np.ndarray, tile: int, method: str) -> None:
+    """Matte the six tiles of ``grid`` (uint8 RGB) and write them as RGBA PNGs."""
+    for file, rgb in zip(view_files(path, frame), split_grid(grid, tile)):
+        save_image(file, matting.apply_alpha(rgb, matte(rgb, method)))
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def frames_to_run(frames: list[tuple[int, str]], todo: set[int], anchored: bool) -> list[tuple[int, str]]:
+    """Frames to generate in order: those in ``todo``, plus frame 0 first when the anchor needs its records."""
+    run = [(i, file) for i, file in frames if i in todo]
+    if anchored and run and run[0][0] != frames[0][0]:
+        run.insert(0, frames[0])
+    return run
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    check_args(args)
+    from stag4d.multiview.pipeline import (  # diffusers: heavy, loaded when needed
+        composite_on_gray,
+        load_pipeline,
+    )
+
+    copied = copy_top_level_frames(args.path)
+    if copied:
+        print(f"copied {copied} frames into {os.path.join(args.path, 'ref')}")
+    frames = list_ref_frames(args.path)
+    todo = {i for i, _ in frames if args.overwrite or not has_views(args.path, i)}
+    if not todo:
+        print(f"all {len(frames)} frames have their six views in {os.path.join(args.path, 'zero123')} "
+              "(--overwrite to regenerate)")
+        return 0
+
+    try:  # fail now, not after the first frame
+        matte(np.zeros((8, 8, 3), dtype=np.uint8), args.matting)
+    except ModelUnavailable as err:
+        raise ModelUnavailable(f"--matting {args.matting}: {err}; or run gen_mv.py with --matting color (offline)") from err
+    device = resolve_device(args.device or "auto")
+    with quiet_hub_warnings():
+        pipe = load_pipeline(args.model, device=device)
+    anchor = None if args.no_temporal_anchor else TemporalAnchor("record")
+    tile = args.width // 2
+    first = frames[0][0]
+    for i, file in tqdm(frames_to_run(frames, todo, anchor is not None), desc="zero123++", unit="frame"):
+        if anchor is not None:
+            anchor.set_mode("record" if i == first else "replay")
+        grid = pipe(composite_on_gray(read_frame(file, args.matting)), steps=args.steps,
+                    guidance_scale=args.guidance, seed=args.seed, width=args.width, height=args.height,
+                    anchor=anchor)
+        if i in todo:
+            save_views(args.path, i, grid, tile, args.matting)
+    if anchor is not None:
+        print(f"temporal anchor: {len(anchor)} records of frame {first}, {anchor.nbytes / 2**30:.2f} GiB on the CPU")
+    print(f"wrote the views of {len(todo)} frames to {os.path.join(args.path, 'zero123')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

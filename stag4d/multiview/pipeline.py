@@ -1,0 +1,413 @@
+"""Zero123++ (v1.1) multi-view generation, written from the public pipeline's description.
+
+One call turns a square input image into a 640x960 grid of six 320x320 views (2 columns x 3
+rows; tile ``k`` at column ``k % 2``, row ``k // 2``, see :func:`cam_utils.tile_box`):
+
+* The model folder is the diffusers layout of ``sudo-ai/zero123plus-v1.1``: ``model_index.json``
+  (with ``ramping_coefficients``, one per text token), ``vae/`` (AutoencoderKL), ``unet/``
+  (UNet2DConditionModel), ``text_encoder/`` (CLIPTextModel), ``tokenizer/`` (CLIPTokenizer),
+  ``vision_encoder/`` (CLIPVisionModelWithProjection), ``feature_extractor_clip/`` and
+  ``feature_extractor_vae/`` (CLIPImageProcessor configs), ``scheduler/``. Each component is
+  loaded on its own with its diffusers / transformers class, from a hub id or a local folder.
+* Input: RGBA composited on grey 127 (Zero123++'s ``to_rgb_image``; the model was trained on
+  grey backgrounds, so not white), then resized by the two feature-extractor configs: the VAE
+  view (``feature_extractor_vae``: mean 0.5, std 0.8, i.e. ``images' = images * 0.5 / 0.8`` of
+  the usual [-1, 1] image) and the CLIP view (``feature_extractor_clip``). The configs are read
+  and applied here with PIL (resize of the shortest edge, centre crop, rescale, normalize), the
+  same steps as CLIPImageProcessor, so results do not depend on which backend transformers picks.
+* Conditioning: the condition latent is a sample of the VAE posterior of the VAE view (no
+  scaling factor, as in Zero123++); the prompt embedding is the text encoding of the empty
+  prompt plus the CLIP image embedding times ``ramping_coefficients`` (one per token).
+* Classifier-free guidance as Zero123++ does it: one batch ``[uncond, cond]``; the uncond branch
+  has the plain empty-prompt embedding and, as its reference, the latent of an all-zero VAE
+  view; ``pred = uncond + guidance * (cond - uncond)``.
+* Every step: the reference pass of the UNet over the condition latent noised to the step's
+  sigma, then the main pass whose self-attentions also see the reference pass's hidden states
+  (:mod:`stag4d.multiview.attention`), with STAG4D's temporal anchor if one is given.
+* EulerAncestralDiscreteScheduler with ``timestep_spacing="trailing"``. Latents live in the
+  scaled space ``latents' = (latents - 0.22) * 0.75`` (of the VAE latents times its scaling
+  factor); decoding undoes it, then undoes the image scaling: ``images = images' / 0.5 * 0.8``.
+* All randomness (condition latents, reference noise, initial latents, ancestral noise) comes
+  from one CPU ``torch.Generator`` seeded per call, so one seed gives the same frame on any
+  device (the released code seeded only part of it).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from stag4d.errors import ModelUnavailable
+
+from .attention import READ, WRITE, install_reference_attention
+
+DEFAULT_MODEL_ID = "sudo-ai/zero123plus-v1.1"
+GRAY_BACKGROUND = 127  # Zero123++'s to_rgb_image pastes RGBA onto uint8 grey 127
+OUTPUT_WIDTH, OUTPUT_HEIGHT = 640, 960
+NUM_VIEWS = 6
+
+LATENT_SHIFT, LATENT_SCALE = 0.22, 0.75
+IMAGE_SCALE = 0.5 / 0.8
+
+_FIX = (
+    "download the model folder on a machine with internet "
+    f"(e.g. `huggingface-cli download {DEFAULT_MODEL_ID} --local-dir DIR`), copy DIR here and pass --model DIR"
+)
+
+
+def scale_latents(latents: torch.Tensor) -> torch.Tensor:
+    return (latents - LATENT_SHIFT) * LATENT_SCALE
+
+
+def unscale_latents(latents: torch.Tensor) -> torch.Tensor:
+    return latents / LATENT_SCALE + LATENT_SHIFT
+
+
+def scale_image(image: torch.Tensor) -> torch.Tensor:
+    return image * IMAGE_SCALE
+
+
+def unscale_image(image: torch.Tensor) -> torch.Tensor:
+    return image / IMAGE_SCALE
+
+
+def composite_on_gray(rgba: np.ndarray, gray: int = GRAY_BACKGROUND) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of a uint8 RGBA image [H, W, 4] pasted on a uniform grey."""
+    if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
+        raise ValueError(f"expected a uint8 RGBA image [H, W, 4], got {rgba.dtype} {tuple(rgba.shape)}")
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * alpha + float(gray) * (1.0 - alpha)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """The steps of a CLIPImageProcessor config, applied with PIL.
+
+    Attributes mirror ``preprocessor_config.json``: resize so that the shortest edge is
+    ``shortest_edge`` (PIL filter ``resample``), centre-crop to ``crop``, multiply by
+    ``rescale_factor``, normalize by ``mean`` / ``std``; each step only when its flag is set.
+    """
+
+    shortest_edge: int
+    crop: tuple[int, int]  # (height, width)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: int = 3
+    rescale_factor: float = 1.0 / 255.0
+    do_resize: bool = True
+    do_center_crop: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ImagePreprocess":
+        size = config.get("size", 224)
+        if isinstance(size, dict):
+            size = size.get("shortest_edge", min(size.get("height", 224), size.get("width", 224)))
+        crop = config.get("crop_size", size)
+        crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
+        return cls(
+            shortest_edge=int(size),
+            crop=crop,
+            mean=_triple(config.get("image_mean", 0.5)),
+            std=_triple(config.get("image_std", 0.5)),
+            resample=int(config.get("resample", 3)),
+            rescale_factor=float(config.get("rescale_factor", 1.0 / 255.0)),
+            do_resize=bool(config.get("do_resize", True)),
+            do_center_crop=bool(config.get("do_center_crop", True)),
+            do_rescale=bool(config.get("do_rescale", True)),
+            do_normalize=bool(config.get("do_normalize", True)),
+        )
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        """Pixel values [1, 3, h, w] float32 of a uint8 RGB image [H, W, 3]."""
+
+        image = Image.fromarray(rgb)
+        if self.do_resize:
+            width, height = image.size
+            short, long = (width, height) if width <= height else (height, width)
+            new_long = int(self.shortest_edge * long / short)
+            size = (self.shortest_edge, new_long) if width <= height else (new_long, self.shortest_edge)
+            if size != image.size:
+                image = image.resize(size, resample=self.resample)
+        if self.do_center_crop:
+            crop_h, crop_w = self.crop
+            width, height = image.size
+            left, top = (width - crop_w) // 2, (height - crop_h) // 2
+            if (crop_w, crop_h) != (width, height):
+                image = image.crop((left, top, left + crop_w, top + crop_h))
+        pixels = np.asarray(image, dtype=np.float32)
+        if self.do_rescale:
+            pixels = pixels * self.rescale_factor
+        if self.do_normalize:
+            pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
+
+
+def _to(model, device: torch.device, dtype: torch.dtype):
+    """``model`` on ``device`` in ``dtype``, in eval mode; casts only when needed (diffusers warns on any cast)."""
+    model = model.to(device)
+    if next(model.parameters()).dtype != dtype:
+        model = model.to(dtype=dtype)
+    return model.eval()
+
+
+def _triple(value) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    return tuple(float(v) for v in value)
+
+
+class Zero123PlusPipeline:
+    """Zero123++ components on one device, plus reference attention in the UNet.
+
+    Build it with :func:`load_pipeline`; call it on a uint8 RGB image composited on grey.
+    """
+
+    def __init__(
+        self,
+        *,
+        vae,
+        unet,
+        text_encoder,
+        tokenizer,
+        vision_encoder,
+        scheduler_config: dict,
+        vae_preprocess: ImagePreprocess,
+        clip_preprocess: ImagePreprocess,
+        ramping_coefficients: Sequence[float],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.device, self.dtype = torch.device(device), dtype
+        self.vae = _to(vae, self.device, dtype)
+        self.unet = _to(unet, self.device, dtype)
+        self.text_encoder = _to(text_encoder, self.device, dtype)
+        self.vision_encoder = _to(vision_encoder, self.device, dtype)
+        self.tokenizer = tokenizer
+        self.scheduler_config = dict(scheduler_config)
+        self.vae_preprocess, self.clip_preprocess = vae_preprocess, clip_preprocess
+        self.ramping_coefficients = torch.tensor(list(ramping_coefficients), dtype=torch.float32)
+        self.processors = install_reference_attention(self.unet)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def make_scheduler(self):
+        """A fresh EulerAncestralDiscreteScheduler with trailing timestep spacing (no state carried over)."""
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        config = {**self.scheduler_config, "timestep_spacing": "trailing"}
+        return EulerAncestralDiscreteScheduler.from_config(config)
+
+    def encode_prompt(self, prompt: str = "") -> torch.Tensor:
+        """Text encoder output [1, T, D] of ``prompt`` padded to the tokenizer's length T."""
+        tokens = self.tokenizer(
+            [prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        )
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(self.device)
+        return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+
+    def condition(
+        self, rgb: np.ndarray, generator: torch.Generator, guidance: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(condition latents [B, 4, s, s], prompt embeddings [B, T, D]); B = 2 ([uncond, cond]) with guidance.
+
+        Args:
+            rgb: uint8 input image [H, W, 3], composited on grey.
+        """
+        vae_view = self.vae_preprocess(rgb).to(self.device, self.dtype)
+        clip_view = self.clip_preprocess(rgb).to(self.device, self.dtype)
+        cond_lat = self.vae.encode(vae_view).latent_dist.sample(generator)
+        text = self.encode_prompt("")
+        image_embeds = self.vision_encoder(clip_view).image_embeds[:, None, :]  # [1, 1, D]
+        ramp = self.ramping_coefficients.to(self.device, self.dtype)[:, None]  # [T, 1]
+        if ramp.shape[0] != text.shape[1]:
+            raise ModelUnavailable(
+                f"the model's ramping_coefficients has {ramp.shape[0]} entries but its tokenizer makes "
+                f"{text.shape[1]} tokens: the model folder is inconsistent; {_FIX}"
+            )
+        cond_embeds = text + image_embeds * ramp
+        if not guidance:
+            return cond_lat, cond_embeds
+        negative_lat = self.vae.encode(torch.zeros_like(vae_view)).latent_dist.sample(generator)
+        return torch.cat([negative_lat, cond_lat]), torch.cat([text, cond_embeds])
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        rgb: np.ndarray,
+        *,
+        steps: int = 75,
+        guidance_scale: float = 4.0,
+        seed: int = 42,
+        width: int = OUTPUT_WIDTH,
+        height: int = OUTPUT_HEIGHT,
+        anchor=None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """The uint8 grid [height, width, 3] of six views of ``rgb`` (uint8 [H, W, 3] on grey).
+
+        ``anchor``: a TemporalAnchor (or None): every self-attention call of the main passes
+        hands it its key/value input with the layer name and the step index.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        factor = self.vae_scale_factor
+        if width % factor or height % factor:
+            raise ValueError(f"output size {width}x{height} must be a multiple of {factor}")
+        generator = torch.Generator("cpu").manual_seed(seed)
+        guidance = guidance_scale > 1.0
+        cond_lat, prompt_embeds = self.condition(rgb, generator, guidance)
+
+        scheduler = self.make_scheduler()
+        scheduler.set_timesteps(steps, device=self.device)
+        shape = (1, self.unet.config.in_channels, height // factor, width // factor)
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = latents * scheduler.init_noise_sigma
+
+        for step, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
+            model_input = torch.cat([latents] * 2) if guidance else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = randn_tensor(cond_lat.shape, generator=generator, device=self.device, dtype=self.dtype)
+            noisy_cond = scheduler.add_noise(cond_lat, noise, t.reshape(1))
+            noisy_cond = scheduler.scale_model_input(noisy_cond, t)
+
+            ref_store: dict[str, torch.Tensor] = {}
+            self.unet(noisy_cond, t, encoder_hidden_states=prompt_embeds,
+                      cross_attention_kwargs=dict(ref_mode=WRITE, ref_store=ref_store))
+            pred = self.unet(
+                model_input, t, encoder_hidden_states=prompt_embeds,
+                cross_attention_kwargs=dict(ref_mode=READ, ref_store=ref_store, anchor=anchor, step=step),
+            ).sample
+            if guidance:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(pred, t, latents, generator=generator).prev_sample
+        return self.decode(latents)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """uint8 image [H, W, 3] of scaled latents [1, 4, h, w]."""
+        latents = unscale_latents(latents) / self.vae.config.scaling_factor
+        image = unscale_image(self.vae.decode(latents).sample)  # [-1, 1]
+        image = (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
+        return np.round(image * 255.0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_pipeline(
+    model: str = DEFAULT_MODEL_ID,
+    device: torch.device | str = "cpu",
+    dtype: Optional[torch.dtype] = None,
+) -> Zero123PlusPipeline:
+    """Load Zero123++ from a hub id or a local folder in its diffusers layout.
+
+    fp16 on CUDA, fp32 elsewhere unless ``dtype`` says otherwise.
+
+    Raises:
+        errors.ModelUnavailable: the folder or id cannot be found or a component cannot be
+            loaded; the message names the model and the fix.
+    """
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    _check_source(model)
+    index = _read_json(model, "model_index.json")
+    ramping = index.get("ramping_coefficients")
+    if not ramping:
+        raise ModelUnavailable(
+            f"'{model}' has no ramping_coefficients in model_index.json: it is not a Zero123++ model; {_FIX}"
+        )
+
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    scheduler_config = _load(EulerAncestralDiscreteScheduler.load_config, model, "scheduler")
+    return Zero123PlusPipeline(
+        vae=_load(AutoencoderKL.from_pretrained, model, "vae", torch_dtype=dtype),
+        unet=_load(UNet2DConditionModel.from_pretrained, model, "unet", torch_dtype=dtype),
+        text_encoder=_load(CLIPTextModel.from_pretrained, model, "text_encoder"),
+        tokenizer=_load(CLIPTokenizer.from_pretrained, model, "tokenizer"),
+        vision_encoder=_load(CLIPVisionModelWithProjection.from_pretrained, model, "vision_encoder"),
+        scheduler_config=dict(scheduler_config),
+        vae_preprocess=ImagePreprocess.from_config(
+            _read_json(model, "feature_extractor_vae/preprocessor_config.json")),
+        clip_preprocess=ImagePreprocess.from_config(
+            _read_json(model, "feature_extractor_clip/preprocessor_config.json")),
+        ramping_coefficients=ramping,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _is_local(model: str) -> bool:
+    return os.path.exists(model) or model.startswith(("/", ".", "~")) or model.count("/") != 1
+
+
+def _check_source(model: str) -> None:
+    if _is_local(model) and not os.path.isdir(model):
+        raise ModelUnavailable(f"Zero123++ model folder '{model}' does not exist: {_FIX}")
+    if _is_local(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
+        raise ModelUnavailable(
+            f"'{model}' has no model_index.json, so it is not a diffusers folder of Zero123++: {_FIX}"
+        )
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, ValueError, KeyError, RuntimeError]
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+
+        errors.append(EntryNotFoundError)
+    except ImportError:  # older huggingface_hub: its errors are OSErrors
+        pass
+    return tuple(errors)
+
+
+def _read_json(model: str, filename: str) -> dict:
+    """A JSON file of the model folder (local, or from the hub / its cache)."""
+    try:
+        if _is_local(model):
+            path = os.path.join(model, filename)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(model, filename)
+        with open(path) as f:
+            return json.load(f)
+    except _load_errors() as err:
+        raise ModelUnavailable(f"cannot read {filename} of Zero123++ model '{model}' ({_one_line(err)}): {_FIX}") from None
+
+
+def _load(loader, model: str, subfolder: str, **kwargs):
+    """``loader(model, subfolder=..., **kwargs)`` with load failures turned into ModelUnavailable."""
+    try:
+        return loader(model, subfolder=subfolder, **kwargs)
+    except _load_errors() as err:
+        raise ModelUnavailable(
+            f"cannot load the {subfolder} of Zero123++ model '{model}' ({_one_line(err)}): {_FIX}"
+        ) from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

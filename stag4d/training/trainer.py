@@ -1,0 +1,634 @@
+"""Headless STAG4D trainer (SPEC sections 3-8): one training step, validation renders, checkpoints.
+
+``Trainer(cfg)`` loads the frames, builds the 4D Gaussians, the optimizer, the densification
+strategy and (when ``lambda_zero123 > 0``) the Zero123 guidance, each from its own section of the
+run config (:class:`stag4d.config.RunConfig`). :meth:`Trainer.train_step` is one step of SPEC
+section 4 and reads as the algorithm; :meth:`Trainer.train` loops with progress, validation
+renders and saves. The viewers drive the same object through its public methods; this module
+never imports a GUI toolkit.
+
+Choices (documented in the README):
+
+* The HexPlane regularizers apply in the fine stage only: in the coarse stage the deformation is
+  not applied, so they would reshape the grids with no data term (as in 4D Gaussian Splatting).
+* The anisotropy loss (SPEC 4.5) has weight ``lambda_anisotropy`` (1: the SPEC gives none) and is
+  applied in both stages, on the scales of the last sample's Gaussians.
+* Anchored mode (ours): each sample renders ``anchors_per_sample`` random non-held-out anchors
+  (1 by default: six renders per sample would make a step several times slower for the same
+  expected gradient) at the sample's frame, white background, loss weights ramped by step_ratio
+  like the reference loss.
+* Held-out anchors (``holdout_views``) and frames (``holdout_frames``) are blanked before the data
+  reaches the guidance and are never sampled; a conditioning choice that falls on a held-out
+  anchor uses the reference frame instead. In the coarse stage a held-out middle frame is
+  replaced by the nearest training frame.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import time as time_module
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cam_utils import Camera
+from gs_renderer import GaussianModel4D
+from guidance import Guidance, load_guidance
+from guidance.conditioning import choose_condition_view, sample_random_view
+from stag4d.data.frames import load_frames
+from stag4d.data.video import to_uint8, write_video  # atomic H.264 through the ffmpeg binary (imageio-ffmpeg)
+from stag4d.device import resolve_device
+from stag4d.errors import DataError, ModelUnavailable, UserError
+from stag4d.files import save_image, torch_save, write_text
+from stag4d.rasterizer import BACKENDS, GaussianParams, RenderOutput, render, render_batch
+from stag4d.settings import ConfigError, setting, to_container, to_yaml
+from stag4d.training import runs
+from stag4d.training.losses import anisotropy_loss, hexplane_regularizers, per_sample_mse, total_regularizer
+from stag4d.training.optim import build_optimizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stag4d.config import RunConfig
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """The schedule and sampling of training steps (SPEC 4; defaults = the released run)."""
+
+    seed: int = setting(0, "seed of every random draw of the run", ge=0)
+    device: str = setting("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
+    backend: str = setting("auto", "rasterizer: auto (gsplat on CUDA, else torch) | torch | gsplat", choices=BACKENDS)
+    total_steps: int = setting(8000, "training steps (the released run stops after saving at 8000)", ge=1)
+    iters: int = setting(2000, "step_ratio = min(1, step / iters): ramps the reference loss and the render size", ge=1)
+    init_steps: int = setting(700, "coarse stage: no deformation, the middle frame", ge=0)
+    batch_size: int = setting(4, "samples (frame, random view) per step", ge=1)
+    invert_bg_prob: float = setting(0.5, "probability of a black background for a random view", ge=0, le=1)
+    render_res_ratios: List[float] = setting([0.3, 0.6], "step_ratio limits of the random-view sizes")
+    render_res_sizes: List[int] = setting([128, 256, 512], "random-view sizes (one more than the limits)", ge=1)
+    load_path: Optional[str] = setting(None, "resume: a run name under outdir, a run folder or a step folder")
+    load_step: Optional[int] = setting(None, "resume step; null = the latest complete save", ge=0)
+
+    def check(self) -> None:
+        if len(self.render_res_sizes) != len(self.render_res_ratios) + 1:
+            raise ConfigError("render_res_sizes needs one more entry than render_res_ratios "
+                              "(e.g. [128,256,512] and [0.3,0.6])")
+        if self.load_step is not None and self.load_path is None:
+            raise ConfigError("load_step is set but load_path is not: add load_path=NAME")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device={self.device} is not auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes and how often."""
+
+    save_path: str = setting("", "run name; \"\" = the dataset folder's name")
+    outdir: str = setting("logs", "checkpoints: <outdir>/<save_path>/<step>/")
+    valid_dir: str = setting("valid", "validation renders: <valid_dir>/<save_path>/<step>_<front|back>/")
+    save_step: int = setting(8000, "save every save_step steps and at the end (0 = only at the end)", ge=0)
+    valid_interval: int = setting(500, "front/back validation renders every N steps (0 = never)", ge=0)
+    log_interval: int = setting(50, "losses read back from the device and logged every N steps", ge=1)
+    video_fps: int = setting(10, "frames per second of the videos", ge=1)
+    export_frames: bool = setting(True, "also write frames/<i>.ply (the deformed Gaussians) at every save")
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_ratio(step: int, iters: int) -> float:
+    """min(1, step / iters): the ramp of the reference loss and of the render resolution."""
+    return min(1.0, step / iters)
+
+
+def random_view_size(ratio: float, ratios: Sequence[float], sizes: Sequence[int]) -> int:
+    """Render size of the random view: sizes[k] for the first k with ratio < ratios[k], else the last."""
+    for limit, size in zip(ratios, sizes):
+        if ratio < limit:
+            return int(size)
+    return int(sizes[-1])
+
+
+def rng_state(generator: random.Random) -> dict[str, Any]:
+    """Every random state a step reads: python, numpy (global and the trainer's), torch (+cuda)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "trainer": generator.getstate(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(generator: random.Random, state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    generator.setstate(state["trainer"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@dataclass
+class RandomView:
+    """One sample's random view (SPEC 4.2-4.3) and the image that conditions its SDS.
+
+    Attributes:
+        camera: the orbit camera; background: [3]; cond_view: -1 = reference, k = anchor k;
+        rel_elevation, rel_azimuth: degrees relative to the conditioning view; d_radius: offset.
+    """
+
+    camera: Camera
+    background: torch.Tensor
+    cond_view: int
+    rel_elevation: float
+    rel_azimuth: float
+    d_radius: float = 0.0
+
+
+@dataclass
+class Batch:
+    """The random draws of one step, made before anything is rendered.
+
+    Attributes:
+        step: the global step; coarse: in the coarse stage; ratio: step_ratio.
+        frames: B frame indices; times: their normalized times.
+        random_views: per sample, when the SDS is on (else empty); size: their render size.
+        anchors: (sample, anchor view) pairs for the anchor losses (ours; else empty).
+    """
+
+    step: int
+    coarse: bool
+    ratio: float
+    frames: list[int]
+    times: list[float]
+    random_views: list[RandomView] = field(default_factory=list)
+    size: int = 0
+    anchors: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Renders:
+    """The renders of one step, by kind (each a list of RenderOutputs)."""
+
+    reference: list[RenderOutput]
+    random: list[RenderOutput]
+    anchors: list[RenderOutput]
+
+    @property
+    def all(self) -> list[RenderOutput]:
+        """Every render of the step, in the order the densification statistic adds them."""
+        return self.reference + self.random + self.anchors
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """STAG4D training state and loop.
+
+    Attributes:
+        cfg: the run config (:class:`stag4d.config.RunConfig`); each part below gets its section.
+        data: the loaded frames (:class:`stag4d.data.frames.FrameData`).
+        model: :class:`gs_renderer.GaussianModel4D`.
+        densify, densify_state: the densification strategy (``cfg.densify``) and its statistics.
+        step: number of completed training steps.
+        last_step_time: wall seconds of the last ``train_step`` (host time, no device sync).
+    """
+
+    def __init__(self, cfg: "RunConfig", guidance: Optional[Guidance] = None):
+        """
+        Args:
+            cfg: the run config (``stag4d.config.load_config``).
+            guidance: an object with the :class:`guidance.Guidance` interface; None = load the
+                Zero123 model of ``cfg.guidance`` when ``lambda_zero123 > 0``.
+
+        Raises:
+            errors.UserError: bad data, config or missing diffusion model (before any training).
+        """
+        self.cfg = cfg
+        train, data_cfg, camera = cfg.train, cfg.data, cfg.camera
+        self.device = resolve_device(train.device)
+        self.backend = train.backend
+        seed_everything(train.seed)
+        # The trainer's own sampling (frames, views, backgrounds, conditioning) draws from this
+        # generator; its state goes into checkpoints so that a resumed run continues identically.
+        self.rng = random.Random(train.seed)
+
+        self.data = load_frames(data_cfg.path, ref_size=data_cfg.ref_size, anchor_size=data_cfg.anchor_size,
+                                num_frames=data_cfg.num_frames, require_anchors=cfg.loss.uses_anchor_images,
+                                device=self.device, num_anchor_views=len(camera.anchor_views))
+        self.num_frames = self.data.num_frames
+        self._check_data_against_config()
+        self.train_frames = [i for i in range(self.num_frames) if i not in set(data_cfg.holdout_frames)]
+        self.train_views = [k for k in range(self._num_anchor_views()) if k not in set(data_cfg.holdout_views)]
+        if not self.train_frames:
+            raise UserError(f"holdout_frames={data_cfg.holdout_frames} holds out every frame; keep at least one")
+        self.middle_frame = min(self.train_frames, key=lambda i: (abs(i - self.num_frames // 2), i))
+
+        self.ref_camera = camera.reference(data_cfg.ref_size, device=self.device)
+        self.anchor_cams = camera.anchors(data_cfg.anchor_size, device=self.device)
+
+        self.guidance = guidance
+        if self.guidance is None and cfg.loss.lambda_zero123 > 0:
+            self.guidance = self._load_guidance()
+        if self.guidance is not None and cfg.loss.lambda_zero123 > 0:
+            ref_rgb, anchor_rgb = self._training_images()
+            self.guidance.prepare(ref_rgb, anchor_rgb)
+
+        self.model = GaussianModel4D.create(cfg.model, cfg.deformation, seed=train.seed, device=self.device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
+        self.densify = cfg.densify
+        self.densify_state = self.densify.initialize_state()
+        self.step = 0
+        self.last_step_time = 0.0
+        self._white = torch.ones(3, device=self.device)
+        self._black = torch.zeros(3, device=self.device)
+        if train.load_path:
+            self.load(train.load_path, train.load_step)
+
+    # ------------------------------------------------------------------------------------------
+    # set-up
+
+    def _num_anchor_views(self) -> int:
+        return 0 if self.data.anchor_rgb is None else int(self.data.anchor_rgb.shape[1])
+
+    def _check_data_against_config(self) -> None:
+        data_cfg = self.cfg.data
+        bad = [f for f in data_cfg.holdout_frames if f >= self.num_frames]
+        if bad:
+            raise UserError(f"holdout_frames={data_cfg.holdout_frames}: the data has frames 0..{self.num_frames - 1}")
+        views, expected = self._num_anchor_views(), len(self.cfg.camera.anchor_views)
+        if views and views != expected:
+            raise DataError(f"{data_cfg.path}: zero123/ holds {views} anchor views per frame but anchor_views "
+                            f"lists {expected}; make anchor_views match the data")
+
+    def _load_guidance(self) -> Guidance:
+        try:
+            return load_guidance(self.cfg.guidance, self.device)
+        except ModelUnavailable as err:
+            reason = str(err).splitlines()[0] if str(err) else "it cannot be loaded"
+            hint = "" if ("zero123_model=" in reason and "anchored.yaml" in reason) else (
+                "; point zero123_model= at a local diffusers folder, or train without it: "
+                "--config configs/anchored.yaml"
+            )
+            raise ModelUnavailable(f"lambda_zero123={self.cfg.loss.lambda_zero123} needs Zero123: {reason}{hint}") from err
+
+    def _training_images(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Reference [T, 3, S, S] and anchor [T, V, 3, A, A] images with held-out data blanked (white).
+
+        Blanking (rather than trusting index bookkeeping alone) guarantees held-out frames and
+        views cannot leak into the guidance's embeddings.
+        """
+        held_frames, held_views = list(self.cfg.data.holdout_frames), list(self.cfg.data.holdout_views)
+        ref_rgb = self.data.ref_rgb.clone()
+        if held_frames:
+            ref_rgb[held_frames] = 1.0
+        anchor_rgb = self.data.anchor_rgb
+        if anchor_rgb is not None:
+            anchor_rgb = anchor_rgb.clone()
+            if held_frames:
+                anchor_rgb[held_frames] = 1.0
+            if held_views:
+                anchor_rgb[:, held_views] = 1.0
+        return ref_rgb, anchor_rgb
+
+    @property
+    def uses_sds(self) -> bool:
+        return self.guidance is not None and self.cfg.loss.lambda_zero123 > 0
+
+    @property
+    def uses_anchor_losses(self) -> bool:
+        return self.cfg.loss.uses_anchor_images and bool(self.train_views)
+
+    # ------------------------------------------------------------------------------------------
+    # one step
+
+    def frame_time(self, frame: int) -> float:
+        """Normalized time of a frame: t = i / T."""
+        return frame / self.num_frames
+
+    def train_step(self) -> dict[str, Any]:
+        """One training step (SPEC section 4): draws, renders, losses, Adam step, densification.
+
+        Returns:
+            detached losses (0-dim tensors, no host sync) and ``num_gaussians``, ``step`` (ints).
+        """
+        start = time_module.perf_counter()
+        self.step += 1
+        self.model.train()
+        self.scheduler.step(self.step)
+
+        batch = self.sample_batch(self.step)
+        gaussians = self.deform(batch)
+        renders = self.render_views(gaussians, batch)
+        losses = self.compute_losses(batch, gaussians, renders)
+        total = torch.stack(list(losses.values())).sum()
+        self.backward(total)
+        self.optimizer_step()
+        self.densify_step(renders, self.step)
+
+        self.last_step_time = time_module.perf_counter() - start
+        result: dict[str, Any] = {k: v.detach() for k, v in losses.items()}
+        result["loss"] = total.detach()
+        result["num_gaussians"] = self.model.num
+        result["step"] = self.step
+        return result
+
+    def sample_batch(self, step: int) -> Batch:
+        """Frames (the middle one in the coarse stage), then per sample a random view with its
+        background and conditioning (when the SDS is on), then the anchors of the anchor losses."""
+        train = self.cfg.train
+        coarse = step <= train.init_steps
+        ratio = step_ratio(step, train.iters)
+        if coarse:
+            frames = [self.middle_frame] * train.batch_size
+        else:
+            frames = [self.train_frames[self.rng.randrange(len(self.train_frames))] for _ in range(train.batch_size)]
+        batch = Batch(step, coarse, ratio, frames, [self.frame_time(i) for i in frames])
+        if self.uses_sds:
+            batch.size = random_view_size(ratio, train.render_res_ratios, train.render_res_sizes)
+            batch.random_views = [self._random_view(batch.size, t) for t in batch.times]
+        if self.uses_anchor_losses:
+            per_sample = min(self.cfg.loss.anchors_per_sample or len(self.train_views), len(self.train_views))
+            batch.anchors = [(b, view) for b in range(len(frames)) for view in self.rng.sample(self.train_views, per_sample)]
+        return batch
+
+    def _random_view(self, size: int, time: float) -> RandomView:
+        """A random orbit camera (SPEC 4.2), its background and its SDS conditioning (SPEC 4.3)."""
+        d_elevation, azimuth = sample_random_view(self.rng, self.cfg.camera.elevation)
+        camera = self.cfg.camera.orbit(d_elevation, azimuth, size, time, device=self.device)
+        invert = self.rng.random() < self.cfg.train.invert_bg_prob
+        view, rel_elevation, rel_azimuth = self._condition(azimuth, d_elevation)
+        return RandomView(camera, self._black if invert else self._white, view, rel_elevation, rel_azimuth)
+
+    def _condition(self, azimuth: float, d_elevation: float) -> tuple[int, float, float]:
+        """SDS conditioning (SPEC 4.3): (view, relative elevation, relative azimuth); view -1 = reference."""
+        if not self.train_views:
+            return -1, float(d_elevation), float(azimuth)
+        view, rel_elevation, rel_azimuth = choose_condition_view(azimuth, d_elevation, self.cfg.camera.anchor_table,
+                                                                 self.rng)
+        if view >= 0 and view not in self.train_views:
+            return -1, float(d_elevation), float(azimuth)  # a held-out anchor is never shown to the guidance
+        return int(view), float(rel_elevation), float(rel_azimuth)
+
+    def deform(self, batch: Batch) -> list[GaussianParams]:
+        """The Gaussians of each sample: canonical in the coarse stage (no deformation), else
+        deformed to the sample's time (one deformation call for the batch)."""
+        if batch.coarse:
+            return [self.model.gaussians_at(None)] * len(batch.frames)
+        return self.model.gaussians_at_times(batch.times)
+
+    def render_views(self, gaussians: list[GaussianParams], batch: Batch) -> Renders:
+        """Reference views (white), random views (their backgrounds) and anchor views (white)."""
+        reference: list[RenderOutput] = []
+        random: list[RenderOutput] = []
+        anchors: list[RenderOutput] = []
+        if self.cfg.loss.uses_reference:
+            cameras = [self.ref_camera.with_time(t) for t in batch.times]
+            reference = render_batch(gaussians, cameras, self._white.expand(len(cameras), 3), backend=self.backend)
+        if batch.random_views:
+            views = batch.random_views
+            random = render_batch(gaussians, [v.camera for v in views], torch.stack([v.background for v in views]),
+                                  backend=self.backend)
+        if batch.anchors:
+            cameras = [self.anchor_cams[view].with_time(batch.times[b]) for b, view in batch.anchors]
+            anchors = render_batch([gaussians[b] for b, _ in batch.anchors], cameras,
+                                   self._white.expand(len(cameras), 3), backend=self.backend)
+        return Renders(reference, random, anchors)
+
+    def compute_losses(self, batch: Batch, gaussians: list[GaussianParams], renders: Renders) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of the step (SPEC 4.1-4.5, and ours: the anchor losses)."""
+        cfg, ratio, frames = self.cfg.loss, batch.ratio, batch.frames
+        losses: dict[str, torch.Tensor] = {}
+        # 1. reference view: per-sample MSE summed over samples, as the released loop adds one loss per sample
+        if renders.reference:
+            if cfg.lambda_ref_rgb > 0:
+                images = torch.stack([o.image for o in renders.reference])
+                losses["ref_rgb"] = ratio * cfg.lambda_ref_rgb * per_sample_mse(images, self._stack(self.data.ref_rgb, frames))
+            if cfg.lambda_ref_alpha > 0:
+                alphas = torch.stack([o.alpha for o in renders.reference])
+                losses["ref_alpha"] = ratio * cfg.lambda_ref_alpha * per_sample_mse(
+                    alphas, self._stack(self.data.ref_mask, frames))
+        # 2-3. SDS of the random views (one batched guidance call)
+        if renders.random:
+            losses["sds"] = cfg.lambda_zero123 * self._sds_loss(renders.random, batch)
+        # ours: anchor views at their poses, normalized by anchors per sample so that the weight
+        # means the same with one anchor or all of them
+        if renders.anchors:
+            per_sample = len(batch.anchors) / len(frames)
+            images = torch.stack([o.image for o in renders.anchors])
+            alphas = torch.stack([o.alpha for o in renders.anchors])
+            targets_rgb = torch.stack([self.data.anchor_rgb[frames[b], view] for b, view in batch.anchors])
+            targets_mask = torch.stack([self.data.anchor_mask[frames[b], view] for b, view in batch.anchors])
+            if cfg.lambda_anchor_rgb > 0:
+                losses["anchor_rgb"] = ratio * cfg.lambda_anchor_rgb * (per_sample_mse(images, targets_rgb) / per_sample)
+            if cfg.lambda_anchor_alpha > 0:
+                losses["anchor_alpha"] = ratio * cfg.lambda_anchor_alpha * (
+                    per_sample_mse(alphas, targets_mask) / per_sample)
+        # 4. HexPlane regularizers (fine stage), 5. anisotropy of the last sample's scales
+        if not batch.coarse and cfg.lambda_tv > 0:
+            losses["regularizer"] = total_regularizer(hexplane_regularizers(self.model.deformation), cfg)
+        if cfg.lambda_anisotropy > 0:
+            losses["anisotropy"] = cfg.lambda_anisotropy * anisotropy_loss(
+                gaussians[-1].log_scales, cfg.scale_loss_ratio, activated=cfg.anisotropy_activated)
+        return losses
+
+    def _sds_loss(self, random_renders: list[RenderOutput], batch: Batch) -> torch.Tensor:
+        views = batch.random_views
+        return self.guidance.sds_loss(
+            torch.stack([o.image for o in random_renders]),
+            self._host_to_device(batch.frames, torch.long),
+            self._host_to_device([v.cond_view for v in views], torch.long),
+            self._host_to_device([v.rel_elevation for v in views], torch.float32),
+            self._host_to_device([v.rel_azimuth for v in views], torch.float32),
+            self._host_to_device([v.d_radius for v in views], torch.float32),
+            batch.step,
+        )
+
+    def backward(self, total: torch.Tensor) -> None:
+        total.backward()
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def densify_step(self, renders: Renders, step: int) -> dict[str, Any]:
+        """Add the step's screen-space gradients to the statistics; clone / split / prune on schedule."""
+        self.densify.accumulate(self.densify_state, renders.all, step)
+        return self.densify.step(self.model, self.optimizer, self.densify_state, step)
+
+    def _host_to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """Small host list -> device tensor without a stream sync (pinned, non-blocking copy)."""
+        pinned = self.device.type == "cuda"
+        return torch.tensor(values, dtype=dtype, pin_memory=pinned).to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _stack(images: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """images[frames] by integer views (no index tensor copied to the device): [B, ...]."""
+        return torch.stack([images[i] for i in frames])
+
+    # ------------------------------------------------------------------------------------------
+    # loop
+
+    def train(self, iters: Optional[int] = None) -> None:
+        """Train ``iters`` more steps (None = up to ``total_steps``), validating and saving on schedule."""
+        out = self.cfg.output
+        end = self.cfg.train.total_steps if iters is None else self.step + int(iters)
+        if self.step >= end:
+            return
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        bar = tqdm(total=end - self.step, desc=out.save_path, dynamic_ncols=True)
+        try:
+            while self.step < end:
+                result = self.train_step()
+                for key, value in result.items():
+                    if isinstance(value, torch.Tensor):
+                        sums[key] = sums[key] + value if key in sums else value
+                count += 1
+                bar.update(1)
+                if count >= out.log_interval or self.step == end:
+                    # one host sync per log interval
+                    means = {k: float(v) / count for k, v in sums.items()}
+                    self._log(means, result["num_gaussians"])
+                    bar.set_postfix(step=self.step, n=result["num_gaussians"],
+                                    **{k: f"{v:.4g}" for k, v in means.items()})
+                    sums, count = {}, 0
+                if out.valid_interval and self.step % out.valid_interval == 0:
+                    self.validate(self.step)
+                if out.save_step and self.step % out.save_step == 0:
+                    self.save(self.step)
+        finally:
+            bar.close()
+        if not (out.save_step and self.step % out.save_step == 0):
+            self.save(self.step)
+
+    def _log(self, means: dict[str, float], num_gaussians: int) -> None:
+        """Append the mean losses of the last interval to ``<outdir>/<save_path>/losses.csv``."""
+        os.makedirs(self.run_folder, exist_ok=True)
+        path = os.path.join(self.run_folder, runs.LOSSES_FILE)
+        keys = sorted(means)
+        header = not os.path.exists(path)
+        with open(path, "a") as f:
+            if header:
+                f.write(",".join(["step", "num_gaussians"] + keys) + "\n")
+            f.write(",".join([str(self.step), str(num_gaussians)] + [f"{means[k]:.6g}" for k in keys]) + "\n")
+
+    # ------------------------------------------------------------------------------------------
+    # rendering and outputs
+
+    @property
+    def run_folder(self) -> str:
+        return os.path.join(self.cfg.output.outdir, self.cfg.output.save_path)
+
+    @torch.no_grad()
+    def render(self, camera: Camera, time: Optional[float] = None, background: Sequence[float] = (1.0, 1.0, 1.0),
+               scale_modifier: float = 1.0) -> RenderOutput:
+        """Render the model from ``camera``.
+
+        Args:
+            camera: any camera (moved to the trainer's device).
+            time: normalized time in [0, 1) (deformation applied), or None for the canonical
+                Gaussians (what the coarse stage trains).
+            background: RGB in [0, 1].
+            scale_modifier: multiplies every Gaussian's scale (viewer slider).
+        """
+        gaussians = self.model.gaussians_at(time)
+        if time is not None:
+            camera = camera.with_time(float(time))
+        bg = torch.tensor([float(c) for c in background], device=self.device)
+        return render(gaussians, camera.to(self.device), bg, backend=self.backend, scale_modifier=scale_modifier)
+
+    @torch.no_grad()
+    def validate(self, step: int) -> list[str]:
+        """Front (azimuth 0) and back (180) renders of every frame: NN.jpg and video.mp4 per view.
+
+        Returns:
+            the folders written, ``<valid_dir>/<save_path>/<step>_<front|back>``.
+        """
+        out = self.cfg.output
+        folders = []
+        for name, azimuth in (("front", 0.0), ("back", 180.0)):
+            folder = os.path.join(out.valid_dir, out.save_path, f"{step}_{name}")
+            camera = self.cfg.camera.orbit(0.0, azimuth, self.cfg.data.ref_size, device=self.device)
+            frames = []
+            for i in range(self.num_frames):
+                image = to_uint8(self.render(camera, self.frame_time(i)).image)
+                save_image(os.path.join(folder, f"{i:02d}.jpg"), image)
+                frames.append(image)
+            write_video(os.path.join(folder, "video.mp4"), frames, fps=out.video_fps)
+            folders.append(folder)
+        return folders
+
+    def save(self, step: Optional[int] = None) -> str:
+        """Write ``<outdir>/<save_path>/<step>/``: model.ply, deformation.pt, config.yaml, frames/, and
+        last (atomically) checkpoint.pt, whose presence marks the folder as complete.
+        """
+        step = self.step if step is None else int(step)
+        folder = os.path.join(self.run_folder, str(step))
+        os.makedirs(folder, exist_ok=True)
+        self.model.save(folder)
+        write_text(os.path.join(folder, runs.CONFIG_FILE), to_yaml(self.cfg))
+        if self.cfg.output.export_frames:
+            with torch.no_grad():
+                for i in range(self.num_frames):
+                    self.model.export_frame_ply(os.path.join(folder, "frames", f"{i}.ply"), self.frame_time(i))
+        torch_save(self.checkpoint_state(), os.path.join(folder, runs.CHECKPOINT_FILE))
+        return folder
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "densify": dict(self.densify_state),
+            "rng": rng_state(self.rng),
+            "config": to_container(self.cfg),
+        }
+
+    def load(self, load_path: str, load_step: Optional[int] = None) -> str:
+        """Resume from a saved step (the latest complete one when ``load_step`` is None).
+
+        ``load_path`` is a run name under ``outdir``, a run folder or a step folder. Restores
+        parameters (any Gaussian count), optimizer state, densification statistics, the step and
+        every random state; the current config is kept.
+
+        Returns:
+            the folder loaded.
+        """
+        folder, _ = runs.find_saved_step(runs.run_folder(self.cfg.output.outdir, load_path), load_step)
+        path = os.path.join(folder, runs.CHECKPOINT_FILE)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as err:
+            raise DataError(f"{path} cannot be read ({type(err).__name__}); pick another load_step=") from err
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise DataError(f"{path} has checkpoint format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.cfg.optim)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.densify_state = {**self.densify.initialize_state(), **state["densify"]}
+        set_rng_state(self.rng, state["rng"])
+        self.step = int(state["step"])
+        return folder
+
+
+__all__ = ["Batch", "OutputConfig", "RandomView", "Renders", "TrainConfig", "Trainer", "random_view_size",
+           "step_ratio"]
