@@ -240,6 +240,10 @@ class GaussianModel4D(nn.Module):
             raise DataError(f"{deformation_path}: weights do not match its config ({str(err).splitlines()[0]})") from err
         model.set_gaussians(*(torch.from_numpy(a) for a in (arrays.means, arrays.sh_dc, arrays.sh_rest,
                                                              arrays.log_scales, arrays.quats, arrays.opacity_logits)))
+        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise DataError(f"{folder} holds non-finite values ({', '.join(bad[:3])}): the run that saved it "
+                            "diverged; use an earlier step")
         return model
 
     @torch.no_grad()

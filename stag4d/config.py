@@ -42,6 +42,7 @@ from cam_utils import CameraConfig
 from gs_renderer import ModelConfig
 from guidance import GuidanceConfig
 from stag4d.data.frames import DataConfig
+from stag4d.errors import DataError
 from stag4d.gaussians.deformation import DeformationConfig
 from stag4d.settings import ConfigError, check_settings, fields_help, to_yaml
 from stag4d.training.densification import DensifyStrategy
@@ -85,6 +86,9 @@ for _section, _cls in SECTIONS.items():
         KEY_SECTIONS[_field.name] = _section
 KNOWN_KEYS: tuple[str, ...] = tuple(KEY_SECTIONS)
 
+YAML_SUFFIXES = (".yaml", ".yml")
+# Settings that name folders under the output roots: written literally, never interpolated.
+NAME_SETTINGS = (("output", "save_path"), ("train", "load_path"))
 # Keys that existed once: reading one says what happened to it.
 REMOVED_KEYS = {
     "fuse_renders": "was removed (one rasterizer call for the reference and random views: no gain measured, "
@@ -162,13 +166,17 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> list[tuple[DictConfig, 
         raise ConfigError(f"config file {path} not found; pass --config configs/stag4d.yaml or another file")
     try:
         node = OmegaConf.load(path)
-    except Exception as err:  # yaml parse errors come in many classes
-        raise ConfigError(f"{path} is not valid YAML ({_first_line(err)}); fix the file") from err
+    except Exception as err:  # yaml parse errors come in many classes; their text quotes the file
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}; fix the file") from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path} must hold a mapping of settings (key: value)")
     layers: list[tuple[DictConfig, str]] = []
     base = node.get("base")
     if base:
+        if not str(base).lower().endswith(YAML_SUFFIXES):
+            raise ConfigError(f"{path}: base: {base} is not a YAML config (.yaml or .yml); name another config file")
         layers = _read_yaml(os.path.join(os.path.dirname(path), str(base)), seen + (path,))
     return layers + [(node, path)]
 
@@ -179,12 +187,15 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"override '{item}' is not key=value (e.g. save_path=run1 or holdout_views=[1,3])")
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(err)}") from err
+    except Exception as err:  # OmegaConf's grammar errors and yaml's parser errors
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(err)}") from None
 
 
 def _finish(node: DictConfig, require_path: bool) -> RunConfig:
     """The typed, checked RunConfig of a merged node; fills ``save_path``."""
+    for section, key in NAME_SETTINGS:  # names of folders: no ${...} (environment variables or others)
+        if OmegaConf.is_interpolation(node[section], key):
+            raise ConfigError(f"{key} may not use ${{...}} interpolation: write the name itself")
     if OmegaConf.is_missing(node.data, "path") or not str(node.data.path).strip():
         if require_path:
             raise ConfigError("no dataset given: add path=dataset/NAME (a folder with ref/<i>_rgba.png)")
@@ -232,14 +243,18 @@ def replace_settings(cfg: RunConfig, **values: Any) -> RunConfig:
 
 def saved_run_config(folder: str) -> Optional[RunConfig]:
     """The config.yaml of a saved step (either layout: sectioned, or flat as older runs wrote it),
-    or None when absent or unreadable."""
+    checked as any config is; None when the step has none.
+
+    Raises:
+        DataError: the file is there but not a valid run config (one line naming it).
+    """
     path = os.path.join(folder, "config.yaml")
     if not os.path.isfile(path):
         return None
     try:
         return load_config(path, require_path=False, drop_removed=True)
-    except ConfigError:
-        return None
+    except ConfigError as err:
+        raise DataError(f"{path} is not a valid run config ({err}); fix or delete it") from None
 
 
 def split_script_overrides(overrides: Sequence[str], script_keys: Sequence[str], example: str = "save_path=run1"
@@ -260,7 +275,7 @@ def split_script_overrides(overrides: Sequence[str], script_keys: Sequence[str],
         (own_items if item.split("=", 1)[0].strip() in script_keys else config_items).append(item)
     try:
         own = OmegaConf.to_container(OmegaConf.from_dotlist(own_items)) if own_items else {}
-    except OmegaConfBaseException as err:
+    except Exception as err:  # OmegaConf's grammar errors and yaml's parser errors
         raise ConfigError(f"cannot parse {own_items}: {_first_line(err)}") from None
     return config_items, own  # type: ignore[return-value]
 

@@ -26,8 +26,25 @@ class ModelUnavailable(UserError):
     """A model (weights or code) cannot be loaded."""
 
 
+class DiskFull(UserError):
+    """A write failed because the disk (or quota) is full."""
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose: a signal (after saving), or non-finite values (nothing saved).
+
+    ``exit_code`` is what the process exits with (128 + the signal number for signals, as shells
+    report them; 3 for non-finite values).
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def exit_on_user_error(main):
-    """Decorator for script entry points: print UserErrors as one line and exit with status 2."""
+    """Decorator for script entry points: print UserErrors as one line and exit with status 2
+    (or the error's own ``exit_code``)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -35,7 +52,7 @@ def exit_on_user_error(main):
             return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(getattr(err, "exit_code", 2))
 
     return wrapper
 

@@ -1,11 +1,17 @@
-"""Atomic file output: write to a temporary file in the same folder, then rename.
+"""Atomic file output: write to a temporary file in the same folder, flush it to the disk, then
+rename. An interrupted run never leaves a half-written file under the final name, and a full disk
+is one line that says so (the file that was there before stays intact).
 
-An interrupted run never leaves a half-written file under the final name.
+Temporary files are named ``.<name>.<random>.tmp<ext>``; :func:`remove_temporary_files` deletes
+those that a killed process left behind.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -13,12 +19,45 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stag4d.errors import DiskFull
+
+TEMPORARY_PATTERN = ".*.tmp*"
+
+
+NEARLY_FULL_BYTES = 1 << 20  # a failed write with less than this left on its disk failed for want of space
+
+
+def _is_disk_full(err: BaseException, folder: str) -> bool:
+    """An OSError with ENOSPC/EDQUOT, or any write failure of a library while the folder's disk is
+    (nearly) full: torch's zip writer, for one, reports it as "RuntimeError: [enforce fail at
+    inline_container.cc...] unexpected pos"."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(err, (OSError, RuntimeError, ValueError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success rename it to ``path``.
+    """Yield a temporary path next to ``path``; on success flush it to the disk and rename it to
+    ``path`` (then flush the folder, so the rename survives a crash too).
 
     The temporary name keeps the extension, so writers that pick a format by it still work.
+
+    Raises:
+        DiskFull: the disk is full (one line naming the folder); ``path`` is left as it was.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -31,11 +70,29 @@ def atomic_path(path: str) -> Iterator[str]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+        with contextlib.suppress(OSError):  # not every file system lets a folder be flushed
+            _fsync(folder)
+    except BaseException as err:
+        full = _is_disk_full(err, folder)  # before the partial file is removed, which frees space
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if full:
+            raise DiskFull(f"the disk is full: could not write {path}; free space in {folder} (the previous "
+                           "files there are intact)") from None
         raise
+
+
+def remove_temporary_files(folder: str) -> list[str]:
+    """Delete the temporary files that killed writers left under ``folder`` (recursively)."""
+    removed = []
+    for path in glob.glob(os.path.join(folder, "**", TEMPORARY_PATTERN), recursive=True):
+        if os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+    return removed
 
 
 def save_image(path: str, image: np.ndarray) -> None:

@@ -1,5 +1,4 @@
 """Regularizers, anisotropy loss and the photometric term on hand-made inputs."""
-import math
 
 import pytest
 import torch

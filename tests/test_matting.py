@@ -137,8 +137,11 @@ def test_matte_rembg_offline_download_is_model_unavailable(monkeypatch, fresh_re
     _assert_one_line_unavailable(excinfo)
 
 
-def test_matte_rembg_uses_the_session_mask(monkeypatch, fresh_rembg_cache):
+def test_matte_rembg_uses_the_session_mask(monkeypatch, fresh_rembg_cache, tmp_path):
     from PIL import Image
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))
+    (tmp_path / "u2net.onnx").write_bytes(b"model")  # cached: no network check
 
     fake = types.ModuleType("rembg")
     fake.new_session = lambda name: ("session", name)
@@ -169,3 +172,22 @@ def test_flood_fill_matches_geodesic_dilation():
         for _ in range(30 * 40):  # one pixel per step: enough for any path
             reached = F.max_pool2d(reached, 3, stride=1, padding=1) * free
         assert torch.equal(matting._reach_from_border(free), reached)
+
+
+def test_rembg_offline_without_its_model_fails_fast(monkeypatch, fresh_rembg_cache, tmp_path):
+    """No cached model and its host unreachable: one line at once, not rembg's minute of retries."""
+    import time
+
+    fake = types.ModuleType("rembg")
+    fake.new_session = lambda name: (_ for _ in ()).throw(AssertionError("must not try to download"))
+    monkeypatch.setattr(matting.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setitem(sys.modules, "rembg", fake)
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(matting, "REMBG_MODEL_HOST", ("192.0.2.1", 9))  # TEST-NET-1: never answers
+    monkeypatch.setattr(matting, "REACH_TIMEOUT_S", 0.5)
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailable) as info:
+        matting.matte_rembg(np.zeros((8, 8, 3), np.uint8))
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert "\n" not in message and "u2net.onnx" in message and "--matting color" in message

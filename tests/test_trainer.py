@@ -16,7 +16,7 @@ from gs_renderer import GaussianModel4D
 from guidance.conditioning import anchor_for_azimuth
 from stag4d.config import load_config
 from stag4d.errors import ModelUnavailable, UserError
-from stag4d.training import cli
+from stag4d.training import cli, runs
 from stag4d.training import trainer as trainer_module
 from stag4d.training.trainer import Trainer
 
@@ -233,7 +233,7 @@ def test_missing_zero123_model_stops_before_training(tmp_path, monkeypatch, caps
     # the libraries' own retry and deprecation messages are silenced: stderr is the one error line
     assert err.startswith("error: ") and err.count("\n") == 1
     assert "zero123_model=" in err and "anchored.yaml" in err and str(missing) in err
-    assert not (tmp_path / "logs").exists()  # nothing trained, nothing saved
+    assert not (tmp_path / "logs" / "disc").exists()  # nothing trained, nothing saved, nothing left behind
 
 
 def test_missing_model_error_is_raised_by_the_trainer(tmp_path, monkeypatch):
@@ -317,7 +317,7 @@ def test_gui_hands_the_trainer_to_the_viewer(tmp_path, monkeypatch):
     assert len(calls) == 1
     (_, trainer), settings = calls[0]
     assert isinstance(trainer, Trainer) and trainer.step == 0 and settings.gui is True
-    assert not (tmp_path / "logs").exists()  # the viewer drives training, main does not
+    assert runs.saved_steps(str(tmp_path / "logs" / "disc")) == []  # the viewer drives training, main does not
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -33,6 +34,8 @@ from stag4d.data import matting
 from stag4d.errors import DataError, ModelUnavailable
 from stag4d.settings import REQUIRED, setting
 
+MIN_FRAME_SIZE = 8  # pixels: anything smaller holds no object worth training on
+EMPTY_ALPHA = 1.0 / 255.0  # a frame whose largest alpha is below this shows nothing
 FRAME_NAME = re.compile(r"^(\d+)_rgba\.png$")
 ANCHOR_NAME = re.compile(r"^(\d+)\.png$")
 PREPARE_HINT = "scripts/prepare_video.py"
@@ -109,7 +112,9 @@ def load_frames(
 
     anchor_files = list_anchor_files(path, frame_ids, num_anchor_views, require_anchors)
 
-    ref = [load_image(file, ref_size) for _, file in frames]
+    rgba = [torch.from_numpy(read_rgba(file)) for _, file in frames]
+    check_frames([file for _, file in frames], rgba, ref_size)
+    ref = [composite_and_resize(image, ref_size) for image in rgba]
     ref_rgb = torch.stack([rgb for rgb, _ in ref])
     ref_mask = torch.stack([alpha for _, alpha in ref])
 
@@ -121,6 +126,35 @@ def load_frames(
         anchor_rgb, anchor_mask = anchor_rgb.to(device), anchor_mask.to(device)
 
     return FrameData(ref_rgb.to(device), ref_mask.to(device), anchor_rgb, anchor_mask, frame_ids, path)
+
+
+def check_frames(files: list[str], rgba: list[torch.Tensor], ref_size: int) -> None:
+    """The frames of one video must share one size, be large enough and show something.
+
+    Raises:
+        DataError: mixed sizes, frames under MIN_FRAME_SIZE pixels, or every frame transparent.
+    Warns (stderr) when frames are upscaled to ``ref_size`` or some frames are empty.
+    """
+    sizes = [tuple(image.shape[:2]) for image in rgba]
+    if len(set(sizes)) > 1:
+        other = next(k for k, size in enumerate(sizes) if size != sizes[0])
+        raise DataError(f"frames differ in size ({files[0]}: {sizes[0][1]}x{sizes[0][0]}, {files[other]}: "
+                        f"{sizes[other][1]}x{sizes[other][0]}): crop the whole video with one box, e.g. with "
+                        f"{PREPARE_HINT}")
+    size = sizes[0][0]
+    if size < MIN_FRAME_SIZE:
+        raise DataError(f"{files[0]} is {size}x{size} pixels, too small to train on (at least {MIN_FRAME_SIZE}): "
+                        f"use the original frames, e.g. with {PREPARE_HINT}")
+    if size < ref_size:
+        print(f"warning: frames of {files[0]}'s folder are {size}x{size}, upscaled to ref_size={ref_size} "
+              f"(blurry targets); set ref_size={size} to train at their size", file=sys.stderr)
+    empty = [file for file, image in zip(files, rgba) if float(image[..., 3].max()) < EMPTY_ALPHA]
+    if len(empty) == len(files):
+        raise DataError(f"every frame is fully transparent ({files[0]} ...): the alpha channels hold no object; "
+                        f"re-matte the video (e.g. {PREPARE_HINT} --matting rembg)")
+    if empty:
+        print(f"warning: {len(empty)} frame(s) are fully transparent ({empty[0]} ...): they teach the model "
+              "that the object vanishes there", file=sys.stderr)
 
 
 def list_ref_frames(path: str) -> list[tuple[int, str]]:
@@ -275,4 +309,8 @@ def _check_consecutive(ids: list[int], folder: str, pattern: str) -> None:
 
 def _visible_entries(folder: str) -> list[str]:
     """Entries of a folder, without hidden files (.DS_Store, editor swap files)."""
-    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+    try:
+        names = os.listdir(folder)
+    except PermissionError:
+        raise DataError(f"{folder} cannot be read (permission denied): make it readable (chmod)") from None
+    return sorted(name for name in names if not name.startswith("."))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import socket
 
 import numpy as np
 import torch
@@ -26,6 +28,22 @@ from PIL import Image
 from stag4d.errors import ModelUnavailable
 
 REMBG_MODEL = "u2net"
+REMBG_MODEL_HOST = ("github.com", 443)  # where rembg downloads its model files from
+REACH_TIMEOUT_S = 3.0
+
+
+def rembg_model_file(model_name: str) -> str:
+    """Where rembg keeps ``<model_name>.onnx`` ($U2NET_HOME, else ~/.u2net)."""
+    home = os.environ.get("U2NET_HOME", os.path.join(os.path.expanduser("~"), ".u2net"))
+    return os.path.join(home, f"{model_name}.onnx")
+
+
+def _can_reach(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=REACH_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,6 +70,13 @@ def _rembg_session(model_name: str):
             f"rembg cannot be imported ({_one_line(err)}): pip install \"rembg[cpu]\"; "
             "or give RGBA frames, or use scripts/prepare_video.py --matting color"
         ) from None
+    model_file = rembg_model_file(model_name)
+    if not os.path.isfile(model_file) and not _can_reach(*REMBG_MODEL_HOST):
+        # rembg would retry its download for a minute and a half before failing in several lines
+        raise ModelUnavailable(
+            f"rembg's model '{model_name}' is not in {os.path.dirname(model_file)} and {REMBG_MODEL_HOST[0]} cannot "
+            f"be reached (offline?): copy {model_name}.onnx there from a machine with internet; or give RGBA "
+            "frames, or use scripts/prepare_video.py --matting color")
     try:
         # Fetches the model file into ~/.u2net (or $U2NET_HOME) the first time.
         return rembg.new_session(model_name)

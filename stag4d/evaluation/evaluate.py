@@ -51,6 +51,7 @@ from stag4d.evaluation import metrics
 from stag4d.evaluation.saved_model import SavedModel, open_saved_model
 from stag4d.files import save_image, write_text
 from stag4d.rasterizer import render
+from stag4d.training.runs import check_run_name
 
 VIEW_GROUPS = ("reference", "anchors", "eval")
 IMAGE_METRICS = ("psnr", "ssim", "iou", "clip", "lpips")
@@ -171,8 +172,17 @@ def load_views_json(file: str) -> list[ViewSpec]:
     if not views:
         raise DataError(f"{file} lists no views: add at least one {{name, elevation, azimuth}}")
     names = [v.name for v in views]
-    if len(set(names)) != len(names) or any(not n or "/" in n for n in names):
-        raise DataError(f"{file}: view names must be unique folder names, got {names}")
+    if len(set(names)) != len(names):
+        raise DataError(f"{file}: view names must be unique, got {names}")
+    for view in views:
+        try:
+            check_run_name(view.name, "view name")  # a folder name under out= (no '/', '..')
+        except UserError:
+            raise DataError(f"{file}: view name {view.name!r} is not a folder name: use letters, digits and "
+                            "_ . + -") from None
+        if not (math.isfinite(view.elevation) and -90.0 < view.elevation < 90.0 and math.isfinite(view.azimuth)):
+            raise DataError(f"{file}: view {view.name!r} has elevation {view.elevation} and azimuth {view.azimuth}; "
+                            "give finite degrees with elevation in (-90, 90)")
     return views
 
 

@@ -24,12 +24,17 @@ Choices (documented in the README):
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
 import re
+import signal
+import sys
+import threading
 import time as time_module
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +47,7 @@ from guidance.conditioning import choose_condition_view, sample_random_view
 from stag4d.data.frames import load_frames
 from stag4d.data.video import to_uint8, write_video  # atomic H.264 through the ffmpeg binary (imageio-ffmpeg)
 from stag4d.device import resolve_device
-from stag4d.errors import DataError, ModelUnavailable, UserError
+from stag4d.errors import DataError, ModelUnavailable, TrainingStopped, UserError
 from stag4d.files import save_image, torch_save, write_text
 from stag4d.rasterizer import BACKENDS, GaussianParams, RenderOutput, render, render_batch
 from stag4d.settings import ConfigError, setting, to_container, to_yaml
@@ -53,7 +58,10 @@ from stag4d.training.optim import build_optimizer
 if TYPE_CHECKING:  # pragma: no cover
     from stag4d.config import RunConfig
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: plain values only (loads with weights_only=True); 1: numpy RNG arrays
+# Every loss term a step can produce, in the order they are summed (losses.csv has one column each).
+LOSS_KEYS = ("ref_rgb", "ref_alpha", "sds", "anchor_rgb", "anchor_alpha", "regularizer", "anisotropy")
+NON_FINITE_EXIT_CODE = 3
 
 
 @dataclass
@@ -72,6 +80,8 @@ class TrainConfig:
     render_res_sizes: List[int] = setting([128, 256, 512], "random-view sizes (one more than the limits)", ge=1)
     load_path: Optional[str] = setting(None, "resume: a run name under outdir, a run folder or a step folder")
     load_step: Optional[int] = setting(None, "resume step; null = the latest complete save", ge=0)
+    overwrite: bool = setting(False, "start a new run in a save_path that holds a finished one (deletes its saves)")
+    detect_anomaly: bool = setting(False, "torch autograd anomaly detection (slow; to find where a NaN starts)")
 
     def check(self) -> None:
         if len(self.render_res_sizes) != len(self.render_res_ratios) + 1:
@@ -90,11 +100,17 @@ class OutputConfig:
     save_path: str = setting("", "run name; \"\" = the dataset folder's name")
     outdir: str = setting("logs", "checkpoints: <outdir>/<save_path>/<step>/")
     valid_dir: str = setting("valid", "validation renders: <valid_dir>/<save_path>/<step>_<front|back>/")
-    save_step: int = setting(8000, "save every save_step steps and at the end (0 = only at the end)", ge=0)
+    save_step: int = setting(1000, "save every save_step steps and at the end (0 = only at the end; the released "
+                             "run saves at 8000 only)", ge=0)
+    keep_last: int = setting(2, "complete saves kept in the run folder, the latest ones (0 = keep all)", ge=0)
     valid_interval: int = setting(500, "front/back validation renders every N steps (0 = never)", ge=0)
     log_interval: int = setting(50, "losses read back from the device and logged every N steps", ge=1)
     video_fps: int = setting(10, "frames per second of the videos", ge=1)
     export_frames: bool = setting(True, "also write frames/<i>.ply (the deformed Gaussians) at every save")
+
+    def check(self) -> None:
+        if self.save_path:
+            runs.check_run_name(self.save_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,10 +137,13 @@ def random_view_size(ratio: float, ratios: Sequence[float], sizes: Sequence[int]
 
 
 def rng_state(generator: random.Random) -> dict[str, Any]:
-    """Every random state a step reads: python, numpy (global and the trainer's), torch (+cuda)."""
+    """Every random state a step reads: python, numpy (global and the trainer's), torch (+cuda), as
+    plain values and tensors (a checkpoint loads with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "trainer": generator.getstate(),
         "torch": torch.get_rng_state(),
     }
@@ -135,7 +154,11 @@ def rng_state(generator: random.Random) -> dict[str, Any]:
 
 def set_rng_state(generator: random.Random, state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     generator.setstate(state["trainer"])
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
@@ -221,7 +244,34 @@ class Trainer:
             errors.UserError: bad data, config or missing diffusion model (before any training).
         """
         self.cfg = cfg
+        train = cfg.train
+        # The run folder first: a second writer, a finished run or a resume past the end stop here,
+        # before any data or model is loaded.
+        resume_folder, resume_step = None, None
+        if train.load_path:
+            resume_folder, resume_step = runs.find_saved_step(runs.run_folder(cfg.output.outdir, train.load_path),
+                                                              train.load_step)
+            if resume_step >= train.total_steps:
+                raise UserError(f"{resume_folder} is step {resume_step}, not below total_steps={train.total_steps}: "
+                                "nothing to train; raise total_steps= to continue it")
+        same_run = resume_folder is not None and (os.path.realpath(os.path.dirname(os.path.normpath(resume_folder)))
+                                                  == os.path.realpath(self.run_folder))
+        self.lock = runs.RunLock(self.run_folder)
+        self.lock.acquire()
+        try:
+            runs.prepare_run_folder(self.run_folder, resume_step if same_run else None, train.overwrite)
+            self._build(guidance, resume_folder)
+        except BaseException:
+            self.close()
+            with contextlib.suppress(OSError):  # a folder this failed start made and left empty
+                os.rmdir(self.run_folder)
+            raise
+
+    def _build(self, guidance: Optional[Guidance], resume_folder: Optional[str]) -> None:
+        """Everything after the run folder: data, cameras, guidance, model, optimizer, resume."""
+        cfg = self.cfg
         train, data_cfg, camera = cfg.train, cfg.data, cfg.camera
+
         self.device = resolve_device(train.device)
         self.backend = train.backend
         seed_everything(train.seed)
@@ -258,8 +308,25 @@ class Trainer:
         self.last_step_time = 0.0
         self._white = torch.ones(3, device=self.device)
         self._black = torch.zeros(3, device=self.device)
-        if train.load_path:
-            self.load(train.load_path, train.load_step)
+        self.guard = NonFiniteGuard(self)
+        self._stop_signal: Optional[int] = None
+        if resume_folder is not None:
+            self.load_folder(resume_folder)
+        self.loss_columns = [k for k in LOSS_KEYS if self._can_produce(k)]
+
+    def close(self) -> None:
+        """Release the run folder (the lock; also done at interpreter exit)."""
+        self.lock.release()
+
+    def _can_produce(self, key: str) -> bool:
+        """Whether the config can produce the loss ``key`` (a column of losses.csv)."""
+        loss = self.cfg.loss
+        return {
+            "ref_rgb": loss.lambda_ref_rgb > 0, "ref_alpha": loss.lambda_ref_alpha > 0, "sds": self.uses_sds,
+            "anchor_rgb": self.uses_anchor_losses and loss.lambda_anchor_rgb > 0,
+            "anchor_alpha": self.uses_anchor_losses and loss.lambda_anchor_alpha > 0,
+            "regularizer": loss.lambda_tv > 0, "anisotropy": loss.lambda_anisotropy > 0,
+        }[key]
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -333,13 +400,16 @@ class Trainer:
         self.model.train()
         self.scheduler.step(self.step)
 
-        batch = self.sample_batch(self.step)
-        gaussians = self.deform(batch)
-        renders = self.render_views(gaussians, batch)
-        losses = self.compute_losses(batch, gaussians, renders)
-        total = torch.stack(list(losses.values())).sum()
-        self.backward(total)
+        with torch.autograd.detect_anomaly() if self.cfg.train.detect_anomaly else contextlib.nullcontext():
+            batch = self.sample_batch(self.step)
+            gaussians = self.deform(batch)
+            renders = self.render_views(gaussians, batch)
+            losses = self.compute_losses(batch, gaussians, renders)
+            total = torch.stack(list(losses.values())).sum()
+            self.backward(total)
+        self.guard.before_update(losses, total)  # a non-finite gradient never reaches the parameters
         self.optimizer_step()
+        self.guard.after_update()
         self.densify_step(renders, self.step)
 
         self.last_step_time = time_module.perf_counter() - start
@@ -467,6 +537,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def check_finite(self) -> None:
+        """Stop (:class:`TrainingStopped`, nothing saved) when a step since the last check had a
+        non-finite loss, gradient or parameter (a host sync on the GPU)."""
+        self.guard.check()
+
     def densify_step(self, renders: Renders, step: int) -> dict[str, Any]:
         """Add the step's screen-space gradients to the statistics; clone / split / prune on schedule."""
         self.densify.accumulate(self.densify_state, renders.all, step)
@@ -486,48 +561,96 @@ class Trainer:
     # loop
 
     def train(self, iters: Optional[int] = None) -> None:
-        """Train ``iters`` more steps (None = up to ``total_steps``), validating and saving on schedule."""
+        """Train ``iters`` more steps (None = up to ``total_steps``), validating and saving on schedule.
+
+        SIGINT (Ctrl-C) and SIGTERM save the current step and stop (:class:`TrainingStopped`); a
+        non-finite loss, gradient or parameter stops without saving. Progress goes to a bar on a
+        terminal and to one line per ``log_interval`` steps otherwise.
+        """
         out = self.cfg.output
         end = self.cfg.train.total_steps if iters is None else self.step + int(iters)
         if self.step >= end:
             return
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        bar = tqdm(total=end - self.step, desc=out.save_path, dynamic_ncols=True)
-        try:
-            while self.step < end:
-                result = self.train_step()
-                for key, value in result.items():
-                    if isinstance(value, torch.Tensor):
-                        sums[key] = sums[key] + value if key in sums else value
-                count += 1
-                bar.update(1)
-                if count >= out.log_interval or self.step == end:
-                    # one host sync per log interval
-                    means = {k: float(v) / count for k, v in sums.items()}
-                    self._log(means, result["num_gaussians"])
-                    bar.set_postfix(step=self.step, n=result["num_gaussians"],
-                                    **{k: f"{v:.4g}" for k, v in means.items()})
-                    sums, count = {}, 0
-                if out.valid_interval and self.step % out.valid_interval == 0:
-                    self.validate(self.step)
-                if out.save_step and self.step % out.save_step == 0:
-                    self.save(self.step)
-        finally:
-            bar.close()
+        interval_start = time_module.perf_counter()
+        bar = tqdm(total=end - self.step, desc=out.save_path, dynamic_ncols=True, disable=not sys.stderr.isatty())
+        with self._stop_on_signals():
+            try:
+                while self.step < end:
+                    result = self.train_step()
+                    for key, value in result.items():
+                        if isinstance(value, torch.Tensor):
+                            sums[key] = sums[key] + value if key in sums else value
+                    count += 1
+                    bar.update(1)
+                    if count >= out.log_interval or self.step == end:
+                        # one host sync per log interval: the losses, and the non-finite check
+                        self.check_finite()
+                        means = {k: float(v) / count for k, v in sums.items()}
+                        ms = 1000.0 * (time_module.perf_counter() - interval_start) / count
+                        self._log(means, result["num_gaussians"])
+                        if bar.disable:
+                            print(f"{out.save_path} step {self.step}/{end}: loss {means['loss']:.5g}, "
+                                  f"{result['num_gaussians']} Gaussians, {ms:.1f} ms/step", file=sys.stderr,
+                                  flush=True)
+                        bar.set_postfix(step=self.step, n=result["num_gaussians"],
+                                        **{k: f"{v:.4g}" for k, v in means.items()})
+                        sums, count, interval_start = {}, 0, time_module.perf_counter()
+                    if out.valid_interval and self.step % out.valid_interval == 0:
+                        self.validate(self.step)
+                    if out.save_step and self.step % out.save_step == 0:
+                        self.save(self.step)
+                    if self._stop_signal is not None:
+                        self._stop_after_signal()
+            finally:
+                bar.close()
         if not (out.save_step and self.step % out.save_step == 0):
             self.save(self.step)
 
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM set a flag that the loop reads after the step in progress (a second
+        signal stops at once). Only in the main thread, where Python delivers signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # the second one: no more waiting
+                signal.signal(signum, signal.SIG_DFL)
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        for sig in signals:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _stop_after_signal(self) -> None:
+        signum = self._stop_signal
+        self._stop_signal = None
+        folder = self.save(self.step)
+        name = signal.Signals(signum).name
+        raise TrainingStopped(f"stopped by {name} at step {self.step}: saved {folder}; continue with "
+                              f"load_path={self.cfg.output.save_path}", exit_code=128 + signum)
+
     def _log(self, means: dict[str, float], num_gaussians: int) -> None:
-        """Append the mean losses of the last interval to ``<outdir>/<save_path>/losses.csv``."""
-        os.makedirs(self.run_folder, exist_ok=True)
+        """Append the mean losses of the last interval to ``<outdir>/<save_path>/losses.csv``, whose
+        columns are every loss the config can produce (a term absent at a step is left empty)."""
         path = os.path.join(self.run_folder, runs.LOSSES_FILE)
-        keys = sorted(means)
-        header = not os.path.exists(path)
+        header = ["step", "num_gaussians", "loss"] + self.loss_columns
+        if runs.losses_header(path) != header:
+            runs.write_losses_header(path, header)
+        cells = [str(self.step), str(num_gaussians)] + [f"{means[k]:.6g}" if k in means else ""
+                                                        for k in header[2:]]
         with open(path, "a") as f:
-            if header:
-                f.write(",".join(["step", "num_gaussians"] + keys) + "\n")
-            f.write(",".join([str(self.step), str(num_gaussians)] + [f"{means[k]:.6g}" for k in keys]) + "\n")
+            f.write(",".join(cells) + "\n")
 
     # ------------------------------------------------------------------------------------------
     # rendering and outputs
@@ -580,6 +703,11 @@ class Trainer:
         last (atomically) checkpoint.pt, whose presence marks the folder as complete.
         """
         step = self.step if step is None else int(step)
+        self.check_finite()
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingStopped(f"step {step}: parameters {', '.join(bad)} are not finite; not saved (the last "
+                                  f"complete save is kept)", exit_code=NON_FINITE_EXIT_CODE)
         folder = os.path.join(self.run_folder, str(step))
         os.makedirs(folder, exist_ok=True)
         self.model.save(folder)
@@ -589,6 +717,7 @@ class Trainer:
                 for i in range(self.num_frames):
                     self.model.export_frame_ply(os.path.join(folder, "frames", f"{i}.ply"), self.frame_time(i))
         torch_save(self.checkpoint_state(), os.path.join(folder, runs.CHECKPOINT_FILE))
+        runs.delete_old_saves(self.run_folder, self.cfg.output.keep_last)
         return folder
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -606,29 +735,150 @@ class Trainer:
     def load(self, load_path: str, load_step: Optional[int] = None) -> str:
         """Resume from a saved step (the latest complete one when ``load_step`` is None).
 
-        ``load_path`` is a run name under ``outdir``, a run folder or a step folder. Restores
-        parameters (any Gaussian count), optimizer state, densification statistics, the step and
-        every random state; the current config is kept.
+        ``load_path`` is a run name under ``outdir``, a run folder or a step folder.
 
         Returns:
             the folder loaded.
         """
         folder, _ = runs.find_saved_step(runs.run_folder(self.cfg.output.outdir, load_path), load_step)
-        path = os.path.join(folder, runs.CHECKPOINT_FILE)
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as err:
-            raise DataError(f"{path} cannot be read ({type(err).__name__}); pick another load_step=") from err
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise DataError(f"{path} has checkpoint format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+        return self.load_folder(folder)
+
+    def load_folder(self, folder: str) -> str:
+        """Restore a complete saved step: parameters (any Gaussian count), optimizer state,
+        densification statistics, the step and every random state; the current config is kept."""
+        state = read_checkpoint(os.path.join(folder, runs.CHECKPOINT_FILE), self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer, self.scheduler = build_optimizer(self.model, self.cfg.optim)
         self.optimizer.load_state_dict(state["optimizer"])
         self.densify_state = {**self.densify.initialize_state(), **state["densify"]}
         set_rng_state(self.rng, state["rng"])
         self.step = int(state["step"])
+        self.guard.reset()
         return folder
 
 
-__all__ = ["Batch", "OutputConfig", "RandomView", "Renders", "TrainConfig", "Trainer", "random_view_size",
+# numpy's array reconstruction, needed by format-1 checkpoints (their numpy RNG state): it builds
+# arrays, nothing else, so it is safe to allow (under both its numpy 1 and numpy 2 names)
+_NUMPY_ARRAY_GLOBALS = [np._core.multiarray._reconstruct, (np._core.multiarray._reconstruct,
+                                                           "numpy.core.multiarray._reconstruct"),
+                        np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+def read_checkpoint(path: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A ``checkpoint.pt``, loaded with ``weights_only=True``: tensors and plain values only, so a
+    file whose pickle would run code is refused (one line naming what it asked for).
+
+    Raises:
+        DataError: unreadable, not a checkpoint of this project, or of an unknown format.
+    """
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not even a readable archive
+            unsafe = []
+        raise DataError(f"{path} is not a checkpoint of this project: refused to load it (it asks for "
+                        f"{', '.join(unsafe) or 'objects that are not tensors'}); use a checkpoint that "
+                        "main.py wrote") from None
+    except Exception as err:
+        raise DataError(f"{path} cannot be read ({type(err).__name__}); pick another load_step=") from None
+    if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise DataError(f"{path} has checkpoint format {found}, expected {CHECKPOINT_FORMAT}")
+    return state
+
+
+class NonFiniteGuard:
+    """Stops training at the first step whose loss, gradient or parameter is not finite.
+
+    Per step, on the device and without a host sync: one flag per loss term, the total, each
+    parameter group's gradients (before the Adam update) and parameters (after it); the first bad
+    step's flags are kept. With fused Adam on CUDA the flag also skips that step's update on the
+    device (the optimizer's ``found_inf``), so a non-finite gradient never reaches the parameters,
+    and :meth:`check` (a sync) runs when the trainer syncs anyway: at each log interval, before a
+    save or a validation. Elsewhere (CPU, unfused Adam) :meth:`check` runs after every step.
+    """
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+        self.reset()
+
+    def reset(self) -> None:
+        self.first_bad: Optional[torch.Tensor] = None  # steps after the last check, -1 = none
+        self.flags: Optional[torch.Tensor] = None
+        self.since_check: Optional[torch.Tensor] = None
+        self.pending: Optional[torch.Tensor] = None
+        self.checked_step = self.trainer.step if hasattr(self.trainer, "step") else 0
+
+    @property
+    def _fused(self) -> bool:
+        optimizer = self.trainer.optimizer
+        return bool(optimizer.defaults.get("fused")) and self.trainer.device.type == "cuda"
+
+    def _group_values(self, tensors: str) -> list[torch.Tensor]:
+        values = []
+        for group in self.trainer.optimizer.param_groups:
+            items = [p.grad if tensors == "grad" else p.detach() for p in group["params"]]
+            items = [t for t in items if t is not None and t.numel()]
+            values.append(torch.stack(torch._foreach_norm(items)).sum() if items
+                          else torch.zeros((), device=self.trainer.device))
+        return values
+
+    def names(self) -> list[str]:
+        groups = [g.get("name", str(i)) for i, g in enumerate(self.trainer.optimizer.param_groups)]
+        return ([f"the loss '{k}'" for k in LOSS_KEYS] + ["the total loss"]
+                + [f"the gradients of the '{g}' parameters" for g in groups]
+                + [f"the '{g}' parameters after the Adam step" for g in groups])
+
+    @torch.no_grad()
+    def before_update(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
+        zero = torch.zeros((), device=self.trainer.device)
+        values = [losses[k].detach().float() if k in losses else zero for k in LOSS_KEYS] + [total.detach().float()]
+        self.pending = ~torch.isfinite(torch.stack(values + [v.float() for v in self._group_values("grad")]))
+        if self._fused:  # skip this step's update on the device when anything is not finite
+            self.trainer.optimizer.found_inf = self.pending.any().float()
+        else:  # stop before the update touches the parameters
+            self._record(torch.cat([self.pending, torch.zeros(len(self.trainer.optimizer.param_groups),
+                                                              dtype=torch.bool, device=self.pending.device)]))
+            self.check()
+
+    @torch.no_grad()
+    def after_update(self) -> None:
+        params = ~torch.isfinite(torch.stack([v.float() for v in self._group_values("param")]))
+        self._record(torch.cat([self.pending if self._fused else torch.zeros_like(self.pending), params]))
+        self.since_check += 1
+        if not self._fused:
+            self.check()
+
+    def _record(self, bad: torch.Tensor) -> None:
+        """Keep the flags of the first bad step since the last check (on the device, no sync)."""
+        if self.first_bad is None or self.flags is None or self.flags.shape != bad.shape:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
+            self.since_check = torch.zeros((), dtype=torch.long, device=bad.device)
+            self.flags = torch.zeros_like(bad)
+        new = bad.any() & (self.first_bad < 0)
+        self.first_bad = torch.where(new, self.since_check, self.first_bad)
+        self.flags = torch.where(new, bad, self.flags)
+
+    def check(self) -> None:
+        if self.first_bad is None:
+            return
+        offset = int(self.first_bad)
+        if offset >= 0:
+            step = self.checked_step + offset + 1
+            which = [name for name, bad in zip(self.names(), self.flags.tolist()) if bad]
+            saved = runs.saved_steps(self.trainer.run_folder)
+            kept = f"the last complete save is {self.trainer.run_folder}/{saved[-1]}" if saved else "nothing was saved"
+            raise TrainingStopped(
+                f"step {step}: {', '.join(which[:3])} not finite (NaN or inf); stopped without saving, {kept}; "
+                "lower the learning rates or loss weights, or find the cause with detect_anomaly=true",
+                exit_code=NON_FINITE_EXIT_CODE)
+        self.first_bad.fill_(-1)
+        self.since_check.zero_()
+        self.checked_step = self.trainer.step
+
+
+__all__ = ["Batch", "NonFiniteGuard", "OutputConfig", "read_checkpoint", "RandomView", "Renders", "TrainConfig", "Trainer", "random_view_size",
            "step_ratio"]
