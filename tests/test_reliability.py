@@ -404,6 +404,17 @@ def test_an_invalid_saved_config_is_one_line(tmp_path):
     assert "num_frames=0 must be >= 1" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_saved_frame_count_that_contradicts_the_run_is_one_line(tmp_path):
+    from stag4d.evaluation.saved_model import frame_count
+
+    (tmp_path / "frames").mkdir()
+    for i in range(3):
+        (tmp_path / "frames" / f"{i}.ply").write_bytes(b"")
+    trained = config_from_dict({"path": "x", "num_frames": 20000})
+    with pytest.raises(DataError, match="num_frames=20000 but the run exported 3 frames"):
+        frame_count(config_from_dict({"path": "x"}), trained, str(tmp_path))
+
+
 def test_an_unparsable_override_is_one_line():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["path=x", "holdout_views=[1,"])

@@ -13,7 +13,7 @@ import torch
 from gs_renderer import GaussianModel4D
 from stag4d.config import RunConfig, saved_run_config
 from stag4d.data.frames import list_ref_frames
-from stag4d.errors import UserError
+from stag4d.errors import DataError, UserError
 from stag4d.training.runs import find_saved_step
 
 
@@ -38,11 +38,14 @@ class SavedModel:
 def frame_count(cfg: RunConfig, trained: Optional[RunConfig], folder: str) -> int:
     """T: ``num_frames`` here, else the run's config, its frames/ folder, the dataset's ref/ (this
     config's ``path``, or the run's), in this order."""
+    exported = glob.glob(os.path.join(folder, "frames", "*.ply"))
     if cfg.data.num_frames is not None:
         return cfg.data.num_frames
     if trained is not None and trained.data.num_frames is not None:
+        if exported and len(exported) != trained.data.num_frames:
+            raise DataError(f"{folder}/config.yaml says num_frames={trained.data.num_frames} but the run exported "
+                            f"{len(exported)} frames: pass num_frames= to choose, or fix the file")
         return trained.data.num_frames
-    exported = glob.glob(os.path.join(folder, "frames", "*.ply"))
     if exported:
         return len(exported)
     for path in (cfg.data.path, trained.data.path if trained is not None else ""):
