@@ -287,8 +287,12 @@ def test_frame_count_sources(tmp_path):
     for i in range(3):
         (folder / "frames" / f"{i}.ply").write_bytes(b"")
     assert frame_count(cfg, trained, str(folder)) == 3  # what the run exported
+    trained.data.num_frames = 3
+    assert frame_count(cfg, trained, str(folder)) == 3  # what the run was trained with (agrees with frames/)
+    for ply in (folder / "frames").iterdir():
+        ply.unlink()
     trained.data.num_frames = 2
-    assert frame_count(cfg, trained, str(folder)) == 2  # what the run was trained with
+    assert frame_count(cfg, trained, str(folder)) == 2  # the run's config wins over its dataset
     cfg.data.num_frames = 7
     assert frame_count(cfg, trained, str(folder)) == 7  # the command line wins
 
