@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TIMESTEP_ROUNDINGS = ("round", "truncate")
+CLIP_PREPROCESSING = ("torch", "processor")
 
 
 @dataclass
@@ -45,6 +47,11 @@ class GuidanceConfig:
     max_step_start: float = setting(0.95, "upper end at step 0", ge=0, le=1)
     max_step_end: float = setting(0.5, "upper end from anneal_steps on", ge=0, le=1)
     anneal_steps: int = setting(3000, "steps over which both ends move linearly", ge=0)
+    timestep_rounding: str = setting("round", "window ends as timesteps: round (ours: 0.725 -> 725) or truncate "
+                                     "(released int(): 0.725 * 1000 = 724.99 -> 724)", choices=TIMESTEP_ROUNDINGS)
+    clip_preprocess: str = setting("torch", "CLIP input of a condition image: torch (bicubic with antialias on "
+                                   "floats, ours) or processor (8-bit PIL through CLIPImageProcessor, released)",
+                                   choices=CLIP_PREPROCESSING)
 
     def check(self) -> None:
         if self.min_step_start > self.max_step_start or self.min_step_end > self.max_step_end:

@@ -30,11 +30,13 @@ def window_fractions(step: int, cfg: GuidanceConfig) -> tuple[float, float]:
 def timestep_window(step: int, cfg: GuidanceConfig, num_train_timesteps: int = 1000) -> tuple[int, int]:
     """(min_step, max_step): integer timesteps; SDS draws t uniformly in this closed range.
 
-    Rounded to the nearest integer (not truncated) so that e.g. 0.725 * 1000 gives 725 despite
-    floating-point error; ``max_step`` stays below ``num_train_timesteps``.
+    ``timestep_rounding="round"`` (ours) rounds to the nearest integer, so that e.g. 0.725 * 1000
+    gives 725 despite floating-point error; ``"truncate"`` is the released ``int()`` (724 there).
+    ``max_step`` stays below ``num_train_timesteps``.
     """
     t_min, t_max = window_fractions(step, cfg)
     last = num_train_timesteps - 1
-    min_step = min(int(round(t_min * num_train_timesteps)), last)
-    max_step = min(int(round(t_max * num_train_timesteps)), last)
+    to_int = (lambda x: int(round(x))) if cfg.timestep_rounding == "round" else int
+    min_step = min(to_int(t_min * num_train_timesteps), last)
+    max_step = min(to_int(t_max * num_train_timesteps), last)
     return min_step, max_step

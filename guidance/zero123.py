@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from PIL import Image
 from tqdm import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -421,6 +422,7 @@ class Zero123Guidance:
         self.unet = components.unet
         self.projection = components.projection
         self.clip_preprocess = ClipPreprocess(components.feature_extractor)
+        self.feature_extractor = components.feature_extractor
         self.num_train_timesteps = int(components.scheduler.config.num_train_timesteps)
         self.alphas_cumprod = components.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.latent_scale = float(self.vae.config.scaling_factor)
@@ -497,11 +499,21 @@ class Zero123Guidance:
         starts = range(0, images.shape[0], chunk)
         for start in tqdm(starts, desc="zero123 embed", leave=False, disable=len(starts) <= 4):
             x = resize_square(images[start : start + chunk].to(self.device, torch.float32))
-            pixels = self.clip_preprocess(x).to(self.dtype)
+            pixels = self._clip_pixels(x).to(self.dtype)
             clips.append(self.image_encoder(pixel_values=pixels).image_embeds)
             posterior = self.vae.encode((x * 2.0 - 1.0).to(self.dtype)).latent_dist
             latents.append(posterior.sample(generator))
         return torch.cat(clips), torch.cat(latents)
+
+    def _clip_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP pixel values of images [N, 3, 256, 256] in [0, 1] (``clip_preprocess``): ours in
+        torch on floats, or the released path: 8-bit PIL images (``to_pil_image`` truncates x * 255)
+        through the model's CLIPImageProcessor."""
+        if self.cfg.clip_preprocess == "torch":
+            return self.clip_preprocess(images)
+        pil = [Image.fromarray(image.mul(255).byte().permute(1, 2, 0).cpu().numpy()) for image in images]
+        pixels = self.feature_extractor(images=pil, return_tensors="pt").pixel_values
+        return pixels.to(images.device)
 
     def prepare(
         self,

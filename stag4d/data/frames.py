@@ -34,6 +34,8 @@ from stag4d.data import matting
 from stag4d.errors import DataError, ModelUnavailable
 from stag4d.settings import REQUIRED, setting
 
+RESAMPLE_MODES = ("antialias", "released")
+RELEASED_LOAD_SIZE = 800  # the released loader resizes every image to its GUI size (H = W = 800) first
 MIN_FRAME_SIZE = 8  # pixels: anything smaller holds no object worth training on
 EMPTY_ALPHA = 1.0 / 255.0  # a frame whose largest alpha is below this shows nothing
 FRAME_NAME = re.compile(r"^(\d+)_rgba\.png$")
@@ -52,6 +54,9 @@ class DataConfig:
     anchor_size: int = setting(256, "anchor views are loaded (and, in anchored mode, rendered) at this size", ge=1)
     holdout_views: List[int] = setting([], "anchor indices never trained on (kept for evaluation)", ge=0)
     holdout_frames: List[int] = setting([], "frame indices never trained on (kept for evaluation)", ge=0)
+    resample: str = setting("antialias", "antialias: premultiplied, antialiased bilinear straight to the size "
+                            "(ours); released: cv2 INTER_AREA to 800 px on straight RGBA, then bilinear",
+                            choices=RESAMPLE_MODES)
 
 
 @dataclass
@@ -87,6 +92,7 @@ def load_frames(
     require_anchors: bool = True,
     device: torch.device | str = "cpu",
     num_anchor_views: int = 6,
+    resample: str = "antialias",
 ) -> FrameData:
     """Read, check, composite and resize the frames (and anchors) of the dataset at ``path``.
 
@@ -114,13 +120,15 @@ def load_frames(
 
     rgba = [torch.from_numpy(read_rgba(file)) for _, file in frames]
     check_frames([file for _, file in frames], rgba, ref_size)
-    ref = [composite_and_resize(image, ref_size) for image in rgba]
+    resize = composite_and_resize if resample == "antialias" else composite_and_resize_released
+    ref = [resize(image, ref_size) for image in rgba]
     ref_rgb = torch.stack([rgb for rgb, _ in ref])
     ref_mask = torch.stack([alpha for _, alpha in ref])
 
     anchor_rgb = anchor_mask = None
     if anchor_files is not None:
-        views = [[load_image(file, anchor_size) for file in per_frame] for per_frame in anchor_files]
+        views = [[resize(torch.from_numpy(read_rgba(file)), anchor_size) for file in per_frame]
+                 for per_frame in anchor_files]
         anchor_rgb = torch.stack([torch.stack([rgb for rgb, _ in per_frame]) for per_frame in views])
         anchor_mask = torch.stack([torch.stack([alpha for _, alpha in per_frame]) for per_frame in views])
         anchor_rgb, anchor_mask = anchor_rgb.to(device), anchor_mask.to(device)
@@ -195,7 +203,8 @@ def list_anchor_files(
         if not required:
             return None
         raise DataError(
-            f"{anchor_root} is missing: generate the anchor views of every frame with {GEN_MV_HINT}"
+            f"{anchor_root} is missing: generate the anchor views of every frame with {GEN_MV_HINT} (or, for SDS "
+            "conditioned on the reference alone, set reference_only_sds=true)"
         )
     files = []
     for i in frame_ids:
@@ -273,6 +282,24 @@ def composite_and_resize(rgba: torch.Tensor, size: int) -> tuple[torch.Tensor, t
         stacked = F.interpolate(stacked, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     stacked = stacked[0].clamp(0.0, 1.0).contiguous()
     return stacked[:3], stacked[3:]
+
+
+def composite_and_resize_released(rgba: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released loader's resampling: the 8-bit straight-alpha RGBA resized to 800 px with
+    ``cv2.INTER_AREA``, composited on white, then bilinearly (no antialiasing) to ``size``.
+
+    Returns (rgb [3, size, size], alpha [1, size, size]), as :func:`composite_and_resize`.
+    """
+    import cv2  # opencv: only this released path needs it
+
+    rgba8 = (rgba.float().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    big = cv2.resize(rgba8, (RELEASED_LOAD_SIZE, RELEASED_LOAD_SIZE), interpolation=cv2.INTER_AREA)
+    chw = torch.from_numpy(big.astype(np.float32) / 255.0).permute(2, 0, 1)
+    alpha = chw[3:]
+    on_white = chw[:3] * alpha + (1.0 - alpha)
+    stacked = F.interpolate(torch.cat([on_white, alpha])[None], size=(size, size), mode="bilinear",
+                            align_corners=False)[0]
+    return stacked[:3].contiguous(), stacked[3:].contiguous()
 
 
 def _to_float_rgb_alpha(image) -> tuple[np.ndarray, np.ndarray | None]:

@@ -175,12 +175,13 @@ def orbit_track(start_azimuth: float, degrees_per_frame: float, num: int, camera
     return [camera.orbit(0.0, start_azimuth + f * degrees_per_frame, size, device=device) for f in range(num)]
 
 
-def video_tracks(num: int, camera: CameraConfig, size: int, device: torch.device | str = "cpu"
-                 ) -> dict[str, list[Camera]]:
-    """The five tracks of :data:`VIDEO_TRACKS`, ``num`` cameras each (``round`` turns 360 / num per frame)."""
+def video_tracks(num: int, camera: CameraConfig, size: int, device: torch.device | str = "cpu",
+                 round_step: str = "exact") -> dict[str, list[Camera]]:
+    """The five tracks of :data:`VIDEO_TRACKS`, ``num`` cameras each (``round`` turns 360 / num
+    degrees per frame, or ``360 // num`` with ``round_step="integer"``, as the released code)."""
     tracks = {}
     for name, start, step in VIDEO_TRACKS:
-        per_frame = 360.0 / num if step is None else step
+        per_frame = (360.0 / num if round_step == "exact" else float(360 // num)) if step is None else step
         tracks[name] = orbit_track(start, per_frame, num, camera, size, device)
     return tracks
 
@@ -365,7 +366,7 @@ def write_outputs(model, cfg: RunConfig, opts: VisualizeOptions, num_frames: int
     """Render and write the videos (and the contact sheet) into ``out_folder``; returns the paths."""
     size = opts.resolution or cfg.data.ref_size
     times = training_times(num_frames) if opts.frames is None else interpolated_times(num_frames, opts.frames)
-    tracks = video_tracks(len(times), cfg.camera, size, model.device)
+    tracks = video_tracks(len(times), cfg.camera, size, model.device, cfg.output.video_round_step)
     written = write_videos(model, tracks, times, out_folder, cfg.output.video_fps, opts.background, cfg.train.backend,
                            opts.modes, opts.chunk, progress)
     if opts.sheet_times > 0:

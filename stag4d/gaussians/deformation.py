@@ -20,7 +20,7 @@ Choices (see the README for the differences from the released code):
   first / last texel, so a plane of resolution R has R - 1 cells over [-1, 1].
 * Space: ``u = xyz / bounds`` (box [-1.6, 1.6]^3 -> [-1, 1]). The released code writes the box as
   (max, min) and so samples at ``-xyz / bounds``: a mirror of the grid index, which with i.i.d.
-  initial values is the same model up to a relabelling of texels; we do not copy the mirror.
+  initial values is the same model up to a relabelling of texels; ``mirror_box`` reproduces it.
 * Time: ``time_mapping = "full"`` (default, ours) maps t in [0, 1) to the grid coordinate
   ``2 t - 1`` and uses the whole axis; ``"released"`` (alias ``"half"``) uses t directly as the
   coordinate in [-1, 1], as the released code, so only the upper half of the 25 time texels
@@ -61,6 +61,8 @@ class DeformationConfig:
     net_width: int = setting(64, "MLP width", ge=1)
     deform_opacity: bool = setting(False, "apply the opacity head (the released model does not)")
     align_corners: bool = setting(True, "grid_sample's align_corners (released: true)")
+    mirror_box: bool = setting(False, "sample the planes at -xyz / bounds, as the released code's box written as "
+                               "(max, min); the same model up to a relabelling of texels")
     plane_init_low: float = setting(0.1, "spatial planes start uniform in [plane_init_low, plane_init_high]")
     plane_init_high: float = setting(0.5, "see plane_init_low")
 
@@ -156,8 +158,9 @@ class HexPlaneField(nn.Module):
         raise KeyError(f"unknown plane {name!r}; one of {SPATIAL_PLANES + TIME_PLANES}")
 
     def normalize_points(self, xyz: Tensor) -> Tensor:
-        """Grid coordinates [N, 3] of world points [N, 3]: the box [-bounds, bounds]^3 -> [-1, 1]."""
-        return xyz / self.cfg.bounds
+        """Grid coordinates [N, 3] of world points [N, 3]: the box [-bounds, bounds]^3 -> [-1, 1]
+        (mirrored with ``mirror_box``)."""
+        return xyz / (-self.cfg.bounds if self.cfg.mirror_box else self.cfg.bounds)
 
     def time_coordinate(self, times: Tensor) -> Tensor:
         """Grid coordinate [B] of normalized times t = i / T in [0, 1) [B] (see ``time_mapping``)."""

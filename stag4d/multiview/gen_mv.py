@@ -38,7 +38,8 @@ from stag4d.data.frames import list_ref_frames
 from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, UserError, exit_on_user_error, quiet_hub_warnings
 from stag4d.files import save_image
-from stag4d.multiview.temporal_anchor import TemporalAnchor
+from stag4d.multiview.pipeline import RANDOMNESS, composite_on_gray, load_pipeline
+from stag4d.multiview.temporal_anchor import BLENDS, TemporalAnchor
 
 MATTINGS = ("rembg", "color")
 TOP_LEVEL_FRAME = re.compile(r"^(\d+)(?:_rgba)?\.png$")
@@ -58,6 +59,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-temporal-anchor", action="store_true",
                         help="plain Zero123++ per frame (no blending with frame 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--anchor-blend", choices=BLENDS, default="own",
+                        help="temporal anchor: average the own tokens with frame 0's (ours), or the first "
+                             "9600/(C//320)^2 tokens (released: reference tokens too at the mid-block)")
+    parser.add_argument("--randomness", choices=RANDOMNESS, default="seeded",
+                        help="seeded: every draw from --seed (ours); released: only the initial latents and the "
+                             "sampler noise (the condition latent and reference noise unseeded)")
+    parser.add_argument("--no-matte-input", dest="matte_input", action="store_false",
+                        help="pass frames without alpha to Zero123++ as they are (released) instead of matting them")
+    parser.add_argument("--released", action="store_true",
+                        help="the released behaviour: --anchor-blend released --randomness released --no-matte-input")
     parser.add_argument("--width", type=int, default=640, help="grid width (2 tiles; tests use small sizes)")
     parser.add_argument("--height", type=int, default=960, help="grid height (3 tiles)")
     return parser.parse_args(argv)
@@ -111,8 +122,9 @@ def matte(rgb: np.ndarray, method: str) -> np.ndarray:
     return matting.matte_rembg(rgb) if method == "rembg" else matting.matte_color(rgb)
 
 
-def read_frame(file: str, method: str) -> np.ndarray:
-    """uint8 RGBA [H, W, 4] of a frame; a frame without alpha gets one from ``method``."""
+def read_frame(file: str, method: str, matte_input: bool = True) -> np.ndarray:
+    """uint8 RGBA [H, W, 4] of a frame; a frame without alpha gets one from ``method`` (or, without
+    ``matte_input``, an opaque one: the frame goes to Zero123++ as it is, as in the released code)."""
     try:
         with Image.open(file) as image:
             image.load()
@@ -122,6 +134,8 @@ def read_frame(file: str, method: str) -> np.ndarray:
         raise DataError(f"{file} cannot be read as an image ({' '.join(str(err).split())}): re-export it as PNG") from None
     if has_alpha:
         return np.ascontiguousarray(array)
+    if not matte_input:
+        return np.ascontiguousarray(np.concatenate([array, np.full(array.shape[:2] + (1,), 255, np.uint8)], -1))
     return matting.apply_alpha(np.ascontiguousarray(array), matte(array, method))
 
 
@@ -156,12 +170,9 @@ def frames_to_run(frames: list[tuple[int, str]], todo: set[int], anchored: bool)
 @exit_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.released:
+        args.anchor_blend, args.randomness, args.matte_input = "released", "released", False
     check_args(args)
-    from stag4d.multiview.pipeline import (  # diffusers: heavy, loaded when needed
-        composite_on_gray,
-        load_pipeline,
-    )
-
     copied = copy_top_level_frames(args.path)
     if copied:
         print(f"copied {copied} frames into {os.path.join(args.path, 'ref')}")
@@ -179,15 +190,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(args.device or "auto")
     with quiet_hub_warnings():
         pipe = load_pipeline(args.model, device=device)
-    anchor = None if args.no_temporal_anchor else TemporalAnchor("record")
+    anchor = None if args.no_temporal_anchor else TemporalAnchor("record", blend=args.anchor_blend)
     tile = args.width // 2
     first = frames[0][0]
     for i, file in tqdm(frames_to_run(frames, todo, anchor is not None), desc="zero123++", unit="frame"):
         if anchor is not None:
             anchor.set_mode("record" if i == first else "replay")
-        grid = pipe(composite_on_gray(read_frame(file, args.matting)), steps=args.steps,
+        grid = pipe(composite_on_gray(read_frame(file, args.matting, args.matte_input)), steps=args.steps,
                     guidance_scale=args.guidance, seed=args.seed, width=args.width, height=args.height,
-                    anchor=anchor)
+                    anchor=anchor, randomness=args.randomness)
         if i in todo:
             save_views(args.path, i, grid, tile, args.matting)
     if anchor is not None:

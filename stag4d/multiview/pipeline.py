@@ -50,6 +50,7 @@ from .attention import READ, WRITE, install_reference_attention
 DEFAULT_MODEL_ID = "sudo-ai/zero123plus-v1.1"
 GRAY_BACKGROUND = 127  # Zero123++'s to_rgb_image pastes RGBA onto uint8 grey 127
 OUTPUT_WIDTH, OUTPUT_HEIGHT = 640, 960
+RANDOMNESS = ("seeded", "released")
 NUM_VIEWS = 6
 
 LATENT_SHIFT, LATENT_SCALE = 0.22, 0.75
@@ -220,7 +221,7 @@ class Zero123PlusPipeline:
         return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
 
     def condition(
-        self, rgb: np.ndarray, generator: torch.Generator, guidance: bool
+        self, rgb: np.ndarray, generator: Optional[torch.Generator], guidance: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(condition latents [B, 4, s, s], prompt embeddings [B, T, D]); B = 2 ([uncond, cond]) with guidance.
 
@@ -256,12 +257,18 @@ class Zero123PlusPipeline:
         height: int = OUTPUT_HEIGHT,
         anchor=None,
         progress: bool = False,
+        randomness: str = "seeded",
     ) -> np.ndarray:
         """The uint8 grid [height, width, 3] of six views of ``rgb`` (uint8 [H, W, 3] on grey).
 
         ``anchor``: a TemporalAnchor (or None): every self-attention call of the main passes
         hands it its key/value input with the layer name and the step index.
+        ``randomness``: ``"seeded"`` (ours): every draw from the generator seeded with ``seed``;
+        ``"released"``: only the initial latents and the sampler's noise, as the released
+        pipeline; the condition latent and the reference noise come from torch's global RNG.
         """
+        if randomness not in RANDOMNESS:
+            raise ValueError(f"randomness={randomness!r}: use one of {', '.join(RANDOMNESS)}")
         from diffusers.utils.torch_utils import randn_tensor
 
         factor = self.vae_scale_factor
@@ -269,7 +276,8 @@ class Zero123PlusPipeline:
             raise ValueError(f"output size {width}x{height} must be a multiple of {factor}")
         generator = torch.Generator("cpu").manual_seed(seed)
         guidance = guidance_scale > 1.0
-        cond_lat, prompt_embeds = self.condition(rgb, generator, guidance)
+        side_generator = generator if randomness == "seeded" else None  # None: torch's global RNG
+        cond_lat, prompt_embeds = self.condition(rgb, side_generator, guidance)
 
         scheduler = self.make_scheduler()
         scheduler.set_timesteps(steps, device=self.device)
@@ -280,7 +288,7 @@ class Zero123PlusPipeline:
         for step, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            noise = randn_tensor(cond_lat.shape, generator=generator, device=self.device, dtype=self.dtype)
+            noise = randn_tensor(cond_lat.shape, generator=side_generator, device=self.device, dtype=self.dtype)
             noisy_cond = scheduler.add_noise(cond_lat, noise, t.reshape(1))
             noisy_cond = scheduler.scale_model_input(noisy_cond, t)
 

@@ -30,6 +30,8 @@ from typing import Sequence
 import torch
 
 MODES = ("off", "record", "replay")
+BLENDS = ("own", "released")
+RELEASED_TOKENS_AT_320 = 9600  # the released processor's replace_dim at 320 channels (80 x 120 latents)
 
 
 class AnchorMismatch(RuntimeError):
@@ -45,10 +47,18 @@ class TemporalAnchor:
         pin_memory: keep records in page-locked memory when they come from a GPU, so that the
             copies to and from the GPU run as DMA without staging (the copy to the CPU does not
             even stall the GPU). ``None``: pin when CUDA is available.
+        blend: ``"own"`` (ours): average the own tokens (L, from the hidden states) with frame
+            0's; ``"released"``: average the first ``int(9600 / (C // 320) ** 2)`` tokens of the
+            whole key/value input, as the released processor; that is the own tokens of every
+            layer at the 640x960 output, except the UNet's mid-block (C = 1280: 600 >= 150 own +
+            25 reference tokens), where the reference tokens are averaged too.
     """
 
     def __init__(self, mode: str = "record", storage_dtype: torch.dtype = torch.float16,
-                 pin_memory: bool | None = None):
+                 pin_memory: bool | None = None, blend: str = "own"):
+        if blend not in BLENDS:
+            raise ValueError(f"blend={blend!r}: use one of {', '.join(BLENDS)}")
+        self.blend = blend
         self.mode = _check_mode(mode)
         self.storage_dtype = storage_dtype
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -131,6 +141,12 @@ class TemporalAnchor:
         # Contiguous and pinned: one DMA copy (measured: prefetching it on a side stream saved
         # nothing within noise at full size on an H100).
         frame0_own = recorded_own.to(kv_input.device, kv_input.dtype, non_blocking=True)
+        if self.blend == "released":
+            count = min(released_blend_tokens(kv_input.shape[2]), kv_input.shape[1])
+            frame0 = torch.cat([frame0_own, self.records[key][1].to(kv_input.device, kv_input.dtype,
+                                                                     non_blocking=True)], dim=1)
+            blended = (frame0[:, :count] + kv_input[:, :count]) / 2
+            return torch.cat([blended, kv_input[:, count:]], dim=1)
         own = (kv_input[:, :own_tokens] + frame0_own) / 2
         return torch.cat([own, kv_input[:, own_tokens:]], dim=1)
 
@@ -163,6 +179,12 @@ class PinnedArena:
         start = self.used
         self.used = -(-(start + nbytes) // self.align) * self.align
         return self.slabs[-1][start:start + nbytes].view(dtype).view(tuple(shape))
+
+
+def released_blend_tokens(channels: int) -> int:
+    """The released processor's ``replace_dim``: ``int(9600 / (C // 320) ** 2)`` tokens (C // 320
+    taken as at least 1, so that models narrower than Zero123++'s, in tests, do not divide by 0)."""
+    return int(RELEASED_TOKENS_AT_320 / max(1, channels // 320) ** 2)
 
 
 def _check_mode(mode: str) -> str:

@@ -31,7 +31,9 @@ class LossConfig:
     lambda_ref_rgb: float = setting(20000.0, "reference-view RGB MSE (ramped by step_ratio)", ge=0)
     lambda_ref_alpha: float = setting(5000.0, "reference-view alpha MSE (ramped by step_ratio)", ge=0)
     lambda_zero123: float = setting(1.0, "Zero123 SDS of the random views (0: no diffusion model is loaded)", ge=0)
-    lambda_tv: float = setting(1.0, "HexPlane regularizers, fine stage only", ge=0)
+    lambda_tv: float = setting(1.0, "HexPlane regularizers (fine stage only unless regularize_coarse)", ge=0)
+    regularize_coarse: bool = setting(False, "the HexPlane regularizers in the coarse stage too (released: every "
+                                      "step; ours: no deformation there, so no data term for them)")
     time_smoothness_weight: float = setting(5.0, "smoothness along t of the space-time planes", ge=0)
     plane_tv_weight: float = setting(0.05, "smoothness of the spatial planes", ge=0)
     l1_time_planes: float = setting(0.05, "|1 - plane| of the space-time planes", ge=0)
@@ -41,6 +43,8 @@ class LossConfig:
     lambda_anchor_rgb: float = setting(0.0, "ours: RGB MSE at the anchor views (0 = faithful)", ge=0)
     lambda_anchor_alpha: float = setting(0.0, "ours: alpha MSE at the anchor views", ge=0)
     anchors_per_sample: int = setting(1, "anchors rendered per sample for the anchor losses (0 = all)", ge=0)
+    reference_only_sds: bool = setting(False, "with lambda_zero123 > 0 and no zero123/ anchors, condition the SDS "
+                                       "on the reference alone (else missing anchors are an error)")
 
     @property
     def uses_anchor_images(self) -> bool:

@@ -106,6 +106,8 @@ class OutputConfig:
     valid_interval: int = setting(500, "front/back validation renders every N steps (0 = never)", ge=0)
     log_interval: int = setting(50, "losses read back from the device and logged every N steps", ge=1)
     video_fps: int = setting(10, "frames per second of the videos", ge=1)
+    video_round_step: str = setting("exact", "visualize.py's turning video: 360 / F degrees per frame (exact) or "
+                                    "360 // F (integer, released)", choices=("exact", "integer"))
     export_frames: bool = setting(True, "also write frames/<i>.ply (the deformed Gaussians) at every save")
 
     def check(self) -> None:
@@ -279,9 +281,12 @@ class Trainer:
         # generator; its state goes into checkpoints so that a resumed run continues identically.
         self.rng = random.Random(train.seed)
 
+        # The SDS conditions on the anchors (the spatial anchor of STAG4D): missing ones are an error
+        # unless reference-only SDS is asked for, as the released code cannot run without them.
+        needs_anchors = cfg.loss.uses_anchor_images or (cfg.loss.lambda_zero123 > 0 and not cfg.loss.reference_only_sds)
         self.data = load_frames(data_cfg.path, ref_size=data_cfg.ref_size, anchor_size=data_cfg.anchor_size,
-                                num_frames=data_cfg.num_frames, require_anchors=cfg.loss.uses_anchor_images,
-                                device=self.device, num_anchor_views=len(camera.anchor_views))
+                                num_frames=data_cfg.num_frames, require_anchors=needs_anchors, device=self.device,
+                                num_anchor_views=len(camera.anchor_views), resample=data_cfg.resample)
         self.num_frames = self.data.num_frames
         self._check_data_against_config()
         self.train_frames = [i for i in range(self.num_frames) if i not in set(data_cfg.holdout_frames)]
@@ -510,8 +515,9 @@ class Trainer:
             if cfg.lambda_anchor_alpha > 0:
                 losses["anchor_alpha"] = ratio * cfg.lambda_anchor_alpha * (
                     per_sample_mse(alphas, targets_mask) / per_sample)
-        # 4. HexPlane regularizers (fine stage), 5. anisotropy of the last sample's scales
-        if not batch.coarse and cfg.lambda_tv > 0:
+        # 4. HexPlane regularizers (fine stage; every step with regularize_coarse, as released),
+        # 5. anisotropy of the last sample's scales
+        if (not batch.coarse or cfg.regularize_coarse) and cfg.lambda_tv > 0:
             losses["regularizer"] = total_regularizer(hexplane_regularizers(self.model.deformation), cfg)
         if cfg.lambda_anisotropy > 0:
             losses["anisotropy"] = cfg.lambda_anisotropy * anisotropy_loss(
