@@ -9,13 +9,14 @@ import torch
 
 from cam_utils import Camera
 from stag4d.errors import UserError
+from stag4d.rasterizer.diff_gauss_backend import diff_gauss_status, render_diff_gauss, render_diff_gauss_batch
 from stag4d.rasterizer.gsplat_backend import gsplat_status, render_gsplat, render_gsplat_batch
 from stag4d.rasterizer.torch_backend import render_torch
 from stag4d.rasterizer.types import GaussianParams, RenderOutput
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "gsplat")
+BACKENDS = ("auto", "torch", "gsplat", "diff_gauss")
 
 
 class BackendUnavailable(UserError, ValueError):
@@ -29,16 +30,22 @@ def _announce(device_type: str, choice: str, reason: str) -> None:
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
-    """Concrete backend ("torch" or "gsplat") for ``name`` in ("auto", "torch", "gsplat") on ``device``.
+    """Concrete backend ("torch", "gsplat" or "diff_gauss") for ``name`` of :data:`BACKENDS` on ``device``.
 
-    ``auto`` picks gsplat on CUDA when it imports and its CUDA extension loads, torch otherwise.
-    Asking for ``gsplat`` where it cannot run raises :class:`BackendUnavailable` (a UserError).
+    ``auto`` picks gsplat on CUDA when it imports and its CUDA extension loads, torch otherwise
+    (diff_gauss only when asked for). Asking for a CUDA backend where it cannot run raises
+    :class:`BackendUnavailable` (a UserError).
     """
     device = torch.device(device)
     if name not in BACKENDS:
         raise BackendUnavailable(f"rasterizer backend {name!r} is unknown; use one of {', '.join(BACKENDS)}")
     if name == "torch":
         return "torch"
+    if name == "diff_gauss":
+        usable, reason = diff_gauss_status() if device.type == "cuda" else (False, f"it needs CUDA, got {device}")
+        if not usable:
+            raise BackendUnavailable(f"rasterizer backend 'diff_gauss' cannot run: {reason}; use 'gsplat' or 'torch'")
+        return "diff_gauss"
     if device.type != "cuda":
         if name == "gsplat":
             raise BackendUnavailable(f"rasterizer backend 'gsplat' needs a CUDA device, got {device}; use 'torch' or 'auto'")
@@ -74,10 +81,10 @@ def _check_inputs(gaussians: GaussianParams, camera: Camera, background: torch.T
 
 def _pick(backend: str, gaussians: GaussianParams) -> str:
     choice = resolve_backend(backend, gaussians.means.device)
-    if choice == "gsplat" and gaussians.means.dtype != torch.float32:
-        if backend == "gsplat":
-            raise BackendUnavailable(f"rasterizer backend 'gsplat' needs float32 Gaussians, got {gaussians.means.dtype}")
-        return "torch"  # auto: gsplat's kernels are float32 only
+    if choice in ("gsplat", "diff_gauss") and gaussians.means.dtype != torch.float32:
+        if backend == choice:
+            raise BackendUnavailable(f"rasterizer backend {choice!r} needs float32 Gaussians, got {gaussians.means.dtype}")
+        return "torch"  # auto: the CUDA kernels are float32 only
     return choice
 
 
@@ -90,8 +97,11 @@ def render(gaussians: GaussianParams, camera: Camera, background: torch.Tensor, 
     gradient) and visible [N] bool.
     """
     _check_inputs(gaussians, camera, background)
-    if _pick(backend, gaussians) == "gsplat":
+    choice = _pick(backend, gaussians)
+    if choice == "gsplat":
         return render_gsplat(gaussians, camera, background, scale_modifier)
+    if choice == "diff_gauss":
+        return render_diff_gauss(gaussians, camera, background, scale_modifier)
     return render_torch(gaussians, camera, background, scale_modifier)
 
 
@@ -110,4 +120,6 @@ def render_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[Camera],
     choices = {_pick(backend, g) for g in gaussians}
     if choices == {"gsplat"}:
         return render_gsplat_batch(gaussians, cameras, backgrounds, scale_modifier)
+    if choices == {"diff_gauss"}:
+        return render_diff_gauss_batch(gaussians, cameras, backgrounds, scale_modifier)
     return [render_torch(g, c, bg, scale_modifier) for g, c, bg in zip(gaussians, cameras, backgrounds)]
