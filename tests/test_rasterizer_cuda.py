@@ -192,8 +192,11 @@ def _needs_diff_gauss():
 @pytest.mark.parametrize("size,sh_degree,elevation,azimuth", [(256, 1, 0.0, 0.0), (512, 0, 20.0, 200.0)])
 def test_diff_gauss_matches_gsplat_and_torch(size, sh_degree, elevation, azimuth):
     """Opacities in these scenes are at most 0.95, so no Gaussian's alpha reaches either clamp
-    (0.99 in diff_gauss, 0.999 in gsplat and torch): all three must agree to rounding, as torch
-    and gsplat do; the radius rule (3 sigma, both) agrees on nearly every Gaussian."""
+    (0.99 in diff_gauss, 0.999 in gsplat and torch): images, alpha, depth and gradients must agree
+    to rounding, as torch and gsplat do. The radii follow two rules (3DGS: ceil(3 sqrt(largest
+    eigenvalue)); gsplat 1.5.3: per axis, min(3.33, sqrt(2 ln(255 opacity))) standard deviations;
+    H200: 88% within 1 px): they only bound the pixels a Gaussian may touch, so they agree in
+    scale, not exactly."""
     _needs_diff_gauss()
     camera = Camera.orbit(elevation, azimuth, 2.0, size=size, device="cuda")
     results = {name: render_with_grads(name, 0, size, sh_degree, camera) for name in ("diff_gauss", "gsplat", "torch")}
@@ -204,7 +207,12 @@ def test_diff_gauss_matches_gsplat_and_torch(size, sh_degree, elevation, azimuth
         assert relative_l2(out.alpha, ref.alpha) < 1e-3, name
         assert relative_l2(out.depth, ref.depth) < 1e-3, name
         assert (out.visible == ref.visible).float().mean() > 0.999, name
-        assert ((out.radii - ref.radii).abs() <= 1).float().mean() > 0.99, name
+        both = out.visible & ref.visible
+        ratio = out.radii[both].float() / ref.radii[both].float()
+        if name == "torch":
+            assert (out.radii == ref.radii).float().mean() > 0.99
+        else:
+            assert 0.8 < float(ratio.median()) < 1.25, float(ratio.median())
         for field in PARAM_NAMES + ("sh",):
             error = relative_l2(params[field].grad, ref_params[field].grad)
             assert error < 1e-2, f"{name} {field}: relative L2 {error:.2e}"
@@ -222,8 +230,9 @@ def test_diff_gauss_alpha_clamp_is_the_original_one():
                                colors=torch.ones(1, 3, device="cuda"))
     camera = Camera.orbit(0.0, 0.0, 2.0, size=65, device="cuda")
     black = torch.zeros(3, device="cuda")
-    centre = {name: float(render(gaussians, camera, black, backend=name).alpha[0, 32, 32])
-              for name in ("diff_gauss", "gsplat")}
+    with torch.no_grad():
+        centre = {name: float(render(gaussians, camera, black, backend=name).alpha[0, 32, 32])
+                  for name in ("diff_gauss", "gsplat")}
     assert centre["diff_gauss"] == pytest.approx(0.99, abs=1e-4)
     assert centre["gsplat"] == pytest.approx(0.999, abs=1e-4)
 
