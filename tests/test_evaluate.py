@@ -158,3 +158,17 @@ def test_views_json_errors(tmp_path):
         ev.load_views_json(str(bad))
     with pytest.raises(DataError, match="not found"):
         ev.load_views_json(str(tmp_path / "missing.json"))
+
+
+def test_held_out_frames_are_reported_apart(workspace, capsys):
+    ev.main(_args(workspace, "load_step=5", "views=reference", "holdout_frames=[1]"))
+    printed = capsys.readouterr().out
+    result = json.loads((workspace / "valid" / "run" / "metrics_5.json").read_text())
+    reference = result["groups"]["reference"]
+    assert result["held_out_frames"] == [1]
+    per_frame = reference["views"]["reference"]["per_frame"]["psnr"]
+    assert reference["held_out_frames"]["psnr"] == pytest.approx(per_frame[1])
+    assert reference["trained_frames"]["psnr"] == pytest.approx((per_frame[0] + per_frame[2]) / 2)
+    assert " trained" in printed and " held-out" in printed and "temporal smoothness" in printed
+    smooth = result["temporal_smoothness"]
+    assert smooth["midpoint_psnr"] > 20 and 0 <= smooth["jitter"] < 2

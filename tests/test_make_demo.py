@@ -112,3 +112,20 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
 
 def creature_points(creature, t):
     return make_demo.creature_gaussians(creature, t)["means"]
+
+
+def test_the_fast_variant_moves_more_and_less_regularly():
+    creature = make_demo.make_creature(0)
+    fast = make_demo.Motion(cycles=2.5, amplitude=1.6, wobble=0.8)
+
+    def step(motion, t, dt=1 / 16):
+        a = make_demo.creature_gaussians(creature, t, motion)["means"]
+        b = make_demo.creature_gaussians(creature, t + dt, motion)["means"]
+        return np.linalg.norm(b - a, axis=1).mean()
+
+    slow_steps = [step(make_demo.Motion(), i / 16) for i in range(16)]
+    fast_steps = [step(fast, i / 16) for i in range(16)]
+    assert np.mean(fast_steps) > 3 * np.mean(slow_steps)  # much faster per frame
+    assert np.std(fast_steps) / np.mean(fast_steps) > 1.5 * np.std(slow_steps) / np.mean(slow_steps)  # less regular
+    end = make_demo.creature_gaussians(creature, 1.0, fast)["means"]
+    assert not np.allclose(end, make_demo.creature_gaussians(creature, 0.0, fast)["means"], atol=1e-3)  # no loop

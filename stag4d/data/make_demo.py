@@ -14,7 +14,10 @@ isotropic Gaussians placed on a surface with a jittered Fibonacci lattice:
 * feet: two dark flattened spheres (static).
 
 All motion is one smooth cycle over the clip (time ``t = i / T``), with modest amplitudes and no
-fine texture, so that a small model trained on CPU can fit it. The Gaussians are rendered with
+fine texture, so that a small model trained on CPU can fit it. ``--cycles``, ``--amplitude`` and
+``--wobble`` make it faster (more cycles), larger, and less regular (a second, incommensurate
+harmonic in the phase): a variant whose frames differ enough that a model must interpolate in time
+between them (``--cycles 2.5 --amplitude 1.6 --wobble 0.8``, the fast variant of the tests). The Gaussians are rendered with
 the project's own rasterizer (torch backend, CPU) at:
 
 * the reference pose (``cam_utils.reference_camera``) -> ``ref/<i>_rgba.png`` (``--size`` px);
@@ -223,31 +226,45 @@ def rot_z(deg: float) -> np.ndarray:
 BODY_CENTRE = np.array([0.0, -0.10, 0.0])
 
 
-def pose_body(part: Part, phase: float) -> np.ndarray:
-    breathe = 0.04 * math.sin(phase)
+@dataclass(frozen=True)
+class Motion:
+    """How the creature moves over the clip: ``cycles`` per clip, angles and offsets times
+    ``amplitude``, and a second harmonic (2.7 times as fast) of ``wobble`` radians in the phase."""
+
+    cycles: float = 1.0
+    amplitude: float = 1.0
+    wobble: float = 0.0
+
+    def phase(self, t: float) -> float:
+        base = 2.0 * math.pi * self.cycles * t
+        return base + self.wobble * math.sin(2.7 * base) if self.wobble else base
+
+
+def pose_body(part: Part, phase: float, amp: float = 1.0) -> np.ndarray:
+    breathe = 0.04 * amp * math.sin(phase)
     scale = np.array([1.0 + breathe, 1.0 - 0.75 * breathe, 1.0 + breathe])
     return part.points * scale + BODY_CENTRE
 
 
-def pose_head(part: Part, phase: float) -> np.ndarray:
-    bob = 0.035 * math.sin(phase)
-    nod = 10.0 * math.sin(phase + 0.6)  # degrees about x; positive tips the face down
+def pose_head(part: Part, phase: float, amp: float = 1.0) -> np.ndarray:
+    bob = 0.035 * amp * math.sin(phase)
+    nod = 10.0 * amp * math.sin(phase + 0.6)  # degrees about x; positive tips the face down
     centre = np.array([0.0, 0.30 + bob, 0.01])
     return part.points @ rot_x(nod).T + centre
 
 
-def pose_arm(part: Part, phase: float, side: float) -> np.ndarray:
-    swing = 28.0 * math.sin(phase) * side  # opposite phases for the two arms
+def pose_arm(part: Part, phase: float, side: float, amp: float = 1.0) -> np.ndarray:
+    swing = 28.0 * amp * math.sin(phase) * side  # opposite phases for the two arms
     shoulder = np.array([0.205 * side, 0.04, 0.0])
     rotation = rot_z(18.0 * side) @ rot_x(swing)  # splay outward, then swing forward/back
     return part.points @ rotation.T + shoulder
 
 
-def pose_tail(part: Part, phase: float) -> np.ndarray:
+def pose_tail(part: Part, phase: float, amp: float = 1.0) -> np.ndarray:
     """Bend the tube: a circular arc whose total turn sweeps left/right, rising at the tip."""
     length = TAIL_LENGTH
     s, theta, radius = part.points[:, 0] / length, part.points[:, 1], part.points[:, 2]
-    bend = math.radians(55.0 * math.sin(phase))  # total turn of the centre line about y
+    bend = math.radians(55.0 * amp * math.sin(phase))  # total turn of the centre line about y
     lift = math.radians(35.0)  # the tail curls up a little, always
     # Centre line: start at the back of the body pointing -z; heading turns linearly with s.
     steps = 64
@@ -273,15 +290,15 @@ def pose_foot(part: Part, side: float) -> np.ndarray:
     return part.points + np.array([0.10 * side, -0.39, 0.04])
 
 
-def creature_gaussians(creature: Creature, t: float) -> dict[str, np.ndarray]:
+def creature_gaussians(creature: Creature, t: float, motion: Motion = Motion()) -> dict[str, np.ndarray]:
     """Posed Gaussians at time t in [0, 1): means [N, 3], colors [N, 3], sigma [N]."""
-    phase = 2.0 * math.pi * t
+    phase, amp = motion.phase(t), motion.amplitude
     placed = [
-        (creature.body, pose_body(creature.body, phase)),
-        (creature.head, pose_head(creature.head, phase)),
-        (creature.arm, pose_arm(creature.arm, phase, +1.0)),
-        (creature.arm, pose_arm(creature.arm, phase, -1.0)),
-        (creature.tail, pose_tail(creature.tail, phase)),
+        (creature.body, pose_body(creature.body, phase, amp)),
+        (creature.head, pose_head(creature.head, phase, amp)),
+        (creature.arm, pose_arm(creature.arm, phase, +1.0, amp)),
+        (creature.arm, pose_arm(creature.arm, phase, -1.0, amp)),
+        (creature.tail, pose_tail(creature.tail, phase, amp)),
         (creature.foot, pose_foot(creature.foot, +1.0)),
         (creature.foot, pose_foot(creature.foot, -1.0)),
     ]
@@ -345,12 +362,16 @@ def make_demo(
     eval_views: tuple[tuple[float, float], ...] = EVAL_VIEWS,
     spacing: float = SPACING,
     progress: bool = True,
+    motion: Motion = Motion(),
 ) -> dict:
     """Write the dataset into ``out``; returns its description (also written to demo.json)."""
     if frames < 1 or size < 8:
         raise UserError(f"--frames {frames} --size {size}: need at least 1 frame and 8 pixels")
     if not 0.005 <= spacing <= 0.1:
         raise UserError(f"--spacing {spacing}: use a value in [0.005, 0.1] (default {SPACING})")
+    if not (0.0 < motion.cycles <= 8.0 and 0.0 <= motion.amplitude <= 3.0 and 0.0 <= motion.wobble <= 3.0):
+        raise UserError(f"--cycles {motion.cycles} --amplitude {motion.amplitude} --wobble {motion.wobble}: use "
+                        "cycles in (0, 8], amplitude and wobble in [0, 3]")
     anchor_size = anchor_size or max(8, (size * 5) // 8)
     eval_size = eval_size or anchor_size
     creature = make_creature(seed, spacing)
@@ -370,7 +391,7 @@ def make_demo(
     params_by_time = {}
     for path, camera in tqdm(jobs, desc="render demo", disable=not progress):
         if camera.time not in params_by_time:
-            params_by_time = {camera.time: to_gaussian_params(creature_gaussians(creature, camera.time))}
+            params_by_time = {camera.time: to_gaussian_params(creature_gaussians(creature, camera.time, motion))}
         save_png(path, render_rgba(params_by_time[camera.time], camera))
 
     num = len(creature_gaussians(creature, 0.0)["means"])
@@ -380,6 +401,7 @@ def make_demo(
         "seed": seed,
         "frames": frames,
         "time": "t = i / frames",
+        "motion": {"cycles": motion.cycles, "amplitude": motion.amplitude, "wobble": motion.wobble},
         "num_gaussians": num,
         "spacing": spacing,
         "ref_size": size,
@@ -401,6 +423,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=SPACING,
                         help="distance between neighbouring Gaussians (smaller: more Gaussians)")
+    parser.add_argument("--cycles", type=float, default=1.0, help="motion cycles over the clip")
+    parser.add_argument("--amplitude", type=float, default=1.0, help="multiplies every motion's size")
+    parser.add_argument("--wobble", type=float, default=0.0,
+                        help="radians of a faster second harmonic in the phase (irregular motion)")
     return parser.parse_args(argv)
 
 
@@ -409,7 +435,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     info = make_demo(args.out, args.frames, args.size, args.anchor_size, args.eval_size, args.seed,
-                     spacing=args.spacing)
+                     spacing=args.spacing, motion=Motion(args.cycles, args.amplitude, args.wobble))
     print(f"wrote {args.out}: {info['frames']} frames, {info['num_gaussians']} Gaussians")
 
 

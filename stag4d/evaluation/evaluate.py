@@ -77,6 +77,7 @@ class EvalOptions:
     lpips_lin: Optional[str] = None
     i3d: Optional[str] = None
     inception: Optional[str] = None
+    smoothness: bool = True  # the temporal smoothness figures at the reference view (see temporal_smoothness)
 
 
 EVAL_KEYS = tuple(EvalOptions.__dataclass_fields__)
@@ -353,9 +354,11 @@ def evaluate(cfg: RunConfig, opts: EvalOptions, saved: SavedModel, device) -> di
                     videos[group.name][0][v].append(pred_rgb)
                     videos[group.name][1][v].append(gt_rgb)
 
+    held_out = set((saved.trained or cfg).data.holdout_frames)  # the frames the run never trained on
     result: dict[str, Any] = {
         "model": saved.folder, "step": saved.step, "dataset": cfg.data.path,
         "frames": [data.frame_ids[p] for p in positions], "metrics": list(suite.names), "groups": {},
+        "held_out_frames": sorted(held_out & set(positions)),
     }
     for group in groups:
         views = {}
@@ -367,8 +370,41 @@ def evaluate(cfg: RunConfig, opts: EvalOptions, saved: SavedModel, device) -> di
             pred_videos = [torch.stack(frames) for frames in videos[group.name][0]]
             gt_videos = [torch.stack(frames) for frames in videos[group.name][1]]
             mean.update(suite.video(pred_videos, gt_videos))
-        result["groups"][group.name] = {"mean": mean, "views": views}
+        entry = {"mean": mean, "views": views}
+        if result["held_out_frames"]:
+            for part, keep in (("trained_frames", lambda p: p not in held_out), ("held_out_frames", lambda p: p in held_out)):
+                entry[part] = {m: _mean([x for view in per_frame[group.name].values()
+                                         for p, x in zip(positions, view[m]) if keep(p)]) for m in suite.image_names}
+        result["groups"][group.name] = entry
+    if opts.smoothness and data.num_frames > 2:
+        result["temporal_smoothness"] = temporal_smoothness(model, cfg.camera.reference(cfg.data.ref_size, device=device),
+                                                            data.num_frames, backend)
     return result
+
+
+@torch.no_grad()
+def temporal_smoothness(model, camera: Camera, num_frames: int, backend: str = "auto") -> dict[str, float]:
+    """How smoothly the model moves between frames, at one camera (no ground truth needed).
+
+    Renders r_k at the 2T - 1 times k / (2T): the T - 1 gaps between training frames each get
+    their midpoint. Then
+
+    * ``midpoint_psnr``: PSNR of each midpoint render against the mean of its two neighbours,
+      averaged: high when the in-between frame lies between its neighbours, low when it pops to
+      something else (a frame the model never saw going its own way);
+    * ``jitter``: mean |r_{k+1} - 2 r_k + r_{k-1}| / mean |r_{k+1} - r_k| over the sequence, the
+      flow-free size of the video's acceleration against its velocity: about 0 for steady motion,
+      up to 2 when consecutive renders flicker back and forth.
+    """
+    white = torch.ones(3, device=camera.device)
+    times = [k / (2 * num_frames) for k in range(2 * num_frames - 1)]
+    renders = torch.stack([render_view(model.gaussians_at(t), camera, t, white, backend)[0] for t in times])
+    midpoints = [float(metrics.psnr(renders[k], (renders[k - 1] + renders[k + 1]) / 2))
+                 for k in range(1, len(times), 2)]
+    velocity = (renders[1:] - renders[:-1]).abs().mean()
+    acceleration = (renders[2:] - 2 * renders[1:-1] + renders[:-2]).abs().mean()
+    return {"midpoint_psnr": _mean([min(m, 100.0) for m in midpoints]),
+            "jitter": float(acceleration / velocity.clamp_min(1e-12))}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -384,6 +420,14 @@ def format_table(result: dict[str, Any]) -> str:
             cells.append(f"{'-':>9}" if value is None or (isinstance(value, float) and math.isnan(value))
                          else f"{value:>9.4f}")
         lines.append(f"{group:<10} {len(entry['views']):>3}  " + "  ".join(cells))
+        for part, label in (("trained_frames", " trained"), ("held_out_frames", " held-out")):
+            if part in entry:
+                cells = [f"{entry[part].get(n, float('nan')):>9.4f}" if n in entry[part] else f"{'-':>9}" for n in names]
+                lines.append(f"{label:<10} {'':>3}  " + "  ".join(cells))
+    if "temporal_smoothness" in result:
+        smooth = result["temporal_smoothness"]
+        lines.append(f"temporal smoothness (reference view): midpoint PSNR {smooth['midpoint_psnr']:.2f} dB, "
+                     f"jitter {smooth['jitter']:.3f}")
     return "\n".join(lines)
 
 

@@ -38,6 +38,8 @@ class LossConfig:
     plane_tv_weight: float = setting(0.05, "smoothness of the spatial planes", ge=0)
     l1_time_planes: float = setting(0.05, "|1 - plane| of the space-time planes", ge=0)
     lambda_anisotropy: float = setting(1.0, "anisotropy loss (SPEC 4.5 gives no weight: 1)", ge=0)
+    lambda_motion_smooth: float = setting(0.0, "ours: squared acceleration of the deformed centres in time, at a "
+                                          "random time, per frame interval squared (0 = released)", ge=0)
     scale_loss_ratio: float = setting(7.5, "allowed ratio of the largest to the smallest scale", gt=0)
     anisotropy_activated: bool = setting(True, "on activated scales (SPEC); false = the released log-scales (always 0)")
     lambda_anchor_rgb: float = setting(0.0, "ours: RGB MSE at the anchor views (0 = faithful)", ge=0)

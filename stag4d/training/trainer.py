@@ -60,7 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CHECKPOINT_FORMAT = 2  # 2: plain values only (loads with weights_only=True); 1: numpy RNG arrays
 # Every loss term a step can produce, in the order they are summed (losses.csv has one column each).
-LOSS_KEYS = ("ref_rgb", "ref_alpha", "sds", "anchor_rgb", "anchor_alpha", "regularizer", "anisotropy")
+LOSS_KEYS = ("ref_rgb", "ref_alpha", "sds", "anchor_rgb", "anchor_alpha", "regularizer", "motion_smooth",
+             "anisotropy")
 NON_FINITE_EXIT_CODE = 3
 
 
@@ -76,6 +77,8 @@ class TrainConfig:
     init_steps: int = setting(700, "coarse stage: no deformation, the middle frame", ge=0)
     batch_size: int = setting(4, "samples (frame, random view) per step", ge=1)
     invert_bg_prob: float = setting(0.5, "probability of a black background for a random view", ge=0, le=1)
+    time_jitter: float = setting(0.0, "ours: each sample's time is its frame's plus a uniform offset of up to this "
+                                 "many frame intervals either way (targets stay the frame's); 0 = released", ge=0, le=0.5)
     render_res_ratios: List[float] = setting([0.3, 0.6], "step_ratio limits of the random-view sizes")
     render_res_sizes: List[int] = setting([128, 256, 512], "random-view sizes (one more than the limits)", ge=1)
     load_path: Optional[str] = setting(None, "resume: a run name under outdir, a run folder or a step folder")
@@ -330,7 +333,8 @@ class Trainer:
             "ref_rgb": loss.lambda_ref_rgb > 0, "ref_alpha": loss.lambda_ref_alpha > 0, "sds": self.uses_sds,
             "anchor_rgb": self.uses_anchor_losses and loss.lambda_anchor_rgb > 0,
             "anchor_alpha": self.uses_anchor_losses and loss.lambda_anchor_alpha > 0,
-            "regularizer": loss.lambda_tv > 0, "anisotropy": loss.lambda_anisotropy > 0,
+            "regularizer": loss.lambda_tv > 0, "motion_smooth": loss.lambda_motion_smooth > 0,
+            "anisotropy": loss.lambda_anisotropy > 0,
         }[key]
 
     # ------------------------------------------------------------------------------------------
@@ -434,7 +438,12 @@ class Trainer:
             frames = [self.middle_frame] * train.batch_size
         else:
             frames = [self.train_frames[self.rng.randrange(len(self.train_frames))] for _ in range(train.batch_size)]
-        batch = Batch(step, coarse, ratio, frames, [self.frame_time(i) for i in frames])
+        times = [self.frame_time(i) for i in frames]
+        if train.time_jitter > 0 and not coarse:  # continuous times between frames (ours)
+            spread = train.time_jitter / self.num_frames
+            times = [min(max(t + self.rng.uniform(-spread, spread), 0.0), (self.num_frames - 1) / self.num_frames)
+                     for t in times]
+        batch = Batch(step, coarse, ratio, frames, times)
         if self.uses_sds:
             batch.size = random_view_size(ratio, train.render_res_ratios, train.render_res_sizes)
             batch.random_views = [self._random_view(batch.size, t) for t in batch.times]
@@ -519,10 +528,23 @@ class Trainer:
         # 5. anisotropy of the last sample's scales
         if (not batch.coarse or cfg.regularize_coarse) and cfg.lambda_tv > 0:
             losses["regularizer"] = total_regularizer(hexplane_regularizers(self.model.deformation), cfg)
+        if not batch.coarse and cfg.lambda_motion_smooth > 0:
+            losses["motion_smooth"] = cfg.lambda_motion_smooth * self._motion_smoothness()
         if cfg.lambda_anisotropy > 0:
             losses["anisotropy"] = cfg.lambda_anisotropy * anisotropy_loss(
                 gaussians[-1].log_scales, cfg.scale_loss_ratio, activated=cfg.anisotropy_activated)
         return losses
+
+    def _motion_smoothness(self) -> torch.Tensor:
+        """Mean squared second difference in time of the deformed centres at a random time u, half a
+        frame either side, per (frame interval)^2: the acceleration of the Gaussians' trajectories."""
+        half = 0.5 / self.num_frames
+        last = (self.num_frames - 1) / self.num_frames
+        u = half + self.rng.random() * max(last - 2 * half, 0.0)
+        means = self.model.deformation(self.model.means, self.model.log_scales, self.model.quats, None,
+                                       torch.tensor([u - half, u, u + half], device=self.device)).means
+        second = (means[0] - 2.0 * means[1] + means[2]) / (half * self.num_frames) ** 2
+        return second.square().sum(dim=-1).mean()
 
     def _sds_loss(self, random_renders: list[RenderOutput], batch: Batch) -> torch.Tensor:
         views = batch.random_views
