@@ -11,7 +11,7 @@ Packages, by what they hold (the README's layout section shows how they fit toge
   saved runs and the ``main.py`` command;
 * :mod:`stag4d.multiview`: the Zero123++ generator behind ``scripts/gen_mv.py``;
 * :mod:`stag4d.evaluation`: metrics, ``scripts/evaluate.py`` and ``visualize.py``;
-* :mod:`stag4d.viewer`: the interactive viewer.
+* :mod:`stag4d.viewer`: the interactive viewers (a browser page through viser, a dearpygui window).
 
 The design card's top-level modules sit beside this package: :mod:`cam_utils` (cameras),
 :mod:`gs_renderer` (the 4D Gaussian model) and :mod:`guidance` (Zero123 SDS).

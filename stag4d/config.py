@@ -14,7 +14,7 @@ and a component receives only its section::
     densify     stag4d.training.densification.DensifyStrategy   clone / split / prune
     train       stag4d.training.trainer.TrainConfig       schedule, sampling, device, resume
     output      stag4d.training.trainer.OutputConfig      folders, save / log / validation intervals
-    viewer      stag4d.viewer.ViewerConfig                gui=True
+    viewer      stag4d.viewer.config.ViewerConfig         gui=web|dearpygui, host, port
 
 Files and overrides: defaults <- a YAML file (which may start from another with ``base:
 other.yaml``, relative to the file) <- ``key=value`` overrides (OmegaConf dotted syntax). Every
@@ -49,7 +49,7 @@ from stag4d.training.densification import DensifyStrategy
 from stag4d.training.losses import LossConfig
 from stag4d.training.optim import OptimConfig
 from stag4d.training.trainer import OutputConfig, TrainConfig
-from stag4d.viewer import ViewerConfig
+from stag4d.viewer.config import ViewerConfig
 
 
 @dataclass

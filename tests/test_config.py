@@ -185,6 +185,41 @@ def test_component_configs_check_themselves():
         check_settings(cfg)
 
 
+@pytest.mark.parametrize("value, front_end", [
+    ("web", "web"), ("dearpygui", "dearpygui"), ("off", "off"), ("WEB", "web"),
+    ("True", "dearpygui"), ("true", "dearpygui"), ("False", "off"), ("false", "off"),  # the old boolean switch
+])
+def test_gui_names_a_front_end_and_the_old_booleans_still_work(value, front_end):
+    assert load_config(config_file("stag4d.yaml"), ["path=x", f"gui={value}"]).viewer.gui == front_end
+
+
+def test_gui_default_yaml_booleans_and_round_trip(tmp_path):
+    assert load_config(config_file("stag4d.yaml"), ["path=x"]).viewer.gui == "off"
+    for text, front_end in (("gui: true", "dearpygui"), ("gui: false", "off"), ("gui: web", "web")):
+        path = tmp_path / "gui.yaml"
+        path.write_text(f"base: {config_file('stag4d.yaml')}\n{text}\n")
+        cfg = load_config(str(path), ["path=x"])
+        assert cfg.viewer.gui == front_end
+        saved = tmp_path / front_end
+        saved.mkdir(exist_ok=True)
+        (saved / "config.yaml").write_text(run_config.to_yaml(cfg))  # a saved run's config reads back the same
+        assert saved_run_config(str(saved)).viewer.gui == front_end
+
+
+@pytest.mark.parametrize("value", ["browser", "1", "viser"])
+def test_gui_other_values_are_one_line_errors(value):
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file("stag4d.yaml"), ["path=x", f"gui={value}"])
+    message = str(info.value)
+    assert "\n" not in message and "gui" in message and "web" in message and "dearpygui" in message, message
+
+
+def test_viewer_port_range():
+    assert load_config(config_file("stag4d.yaml"), ["path=x", "viewer_port=0"]).viewer.viewer_port == 0
+    with pytest.raises(ConfigError, match="viewer_port=70000 must be in"):
+        load_config(config_file("stag4d.yaml"), ["path=x", "viewer_port=70000"])
+
+
 def test_saved_configs_of_both_layouts_load(tmp_path):
     """config.yaml of a new run (sectioned) and of an older one (flat, with since-removed keys)."""
     cfg = config_from_dict({"path": "data/abc", "num_pts": 42})

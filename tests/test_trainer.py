@@ -304,19 +304,21 @@ def test_trainer_module_is_headless():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_gui_hands_the_trainer_to_the_viewer(tmp_path, monkeypatch):
-    calls = []
+@pytest.mark.parametrize("gui, front_end", [("True", "dearpygui"), ("dearpygui", "dearpygui"), ("web", "web")])
+def test_gui_hands_the_trainer_to_the_viewer(tmp_path, monkeypatch, gui, front_end):
+    calls, checked = [], []
     fake = types.ModuleType("viewer")
-    fake.require_gui = lambda: None
+    fake.require_front_end = lambda settings: checked.append(settings.gui)
     fake.TrainingSession = lambda trainer: ("session", trainer)
-    fake.run_viewer = lambda session, settings, camera, ref_size: calls.append((session, settings))
+    fake.run_viewer = lambda session, settings, camera, ref_size, fps: calls.append((session, settings, fps))
     monkeypatch.setattr(cli, "viewer", fake)
     data = make_disc_dataset(tmp_path / "disc")
-    cli.main(["--config", os.path.join(REPO, "configs", "anchored.yaml"), *TINY, f"path={data}", "gui=True",
+    cli.main(["--config", os.path.join(REPO, "configs", "anchored.yaml"), *TINY, f"path={data}", f"gui={gui}",
               f"outdir={tmp_path / 'logs'}", f"valid_dir={tmp_path / 'valid'}"])
-    assert len(calls) == 1
-    (_, trainer), settings = calls[0]
-    assert isinstance(trainer, Trainer) and trainer.step == 0 and settings.gui is True
+    assert len(calls) == 1 and checked == [front_end]
+    (_, trainer), settings, fps = calls[0]
+    assert isinstance(trainer, Trainer) and trainer.step == 0 and settings.gui == front_end
+    assert fps == trainer.cfg.output.video_fps
     assert runs.saved_steps(str(tmp_path / "logs" / "disc")) == []  # the viewer drives training, main does not
 
 

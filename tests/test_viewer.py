@@ -1,4 +1,4 @@
-"""Viewer (stag4d/viewer.py): the controller's callbacks on a tiny CPU trainer without a display, the
+"""dearpygui viewer (stag4d/viewer/): the controller's callbacks on a tiny CPU trainer without a display, the
 saved-model session, one-line errors without a display or without dearpygui, and the real
 dearpygui window under Xvfb (skipped when Xvfb is missing or cannot give dearpygui an OpenGL
 viewport; that check runs in a subprocess so a GLFW abort cannot kill pytest)."""
@@ -88,7 +88,7 @@ def test_no_display_is_a_one_line_error(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     # run_viewer checks before it touches its target: nothing is built, no window is tried
     with pytest.raises(viewer.NoDisplayError) as info:
-        viewer.run_viewer(object(), ViewerConfig(), CameraConfig(), 32)
+        viewer.run_viewer(object(), ViewerConfig(gui="dearpygui"), CameraConfig(), 32, 10)
     message = str(info.value)
     assert "\n" not in message
     assert "no display" in message and "DISPLAY" in message
@@ -115,9 +115,9 @@ def test_missing_dearpygui_says_how_to_install(monkeypatch):
     assert "\n" not in message and "pip install dearpygui" in message and "gui=False" in message
 
 
-def test_headless_imports_do_not_load_dearpygui():
+def test_headless_imports_load_no_gui_package():
     code = ("import sys, stag4d.viewer, stag4d.training.trainer, stag4d.training.cli; "
-            "assert 'dearpygui' not in sys.modules, 'dearpygui imported'")
+            "assert 'dearpygui' not in sys.modules, 'dearpygui imported'; assert 'viser' not in sys.modules, 'viser imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
@@ -403,8 +403,8 @@ def run_viewer_scenario(data: str, tmp: str) -> None:
 
     viewer.ViewerApp.frame = frame_then_close
     cfg = trainer.cfg
-    app = viewer.run_viewer(viewer.TrainingSession(trainer), dataclasses.replace(cfg.viewer, viewer_size=48),
-                            cfg.camera, cfg.data.ref_size)
+    app = viewer.run_viewer(viewer.TrainingSession(trainer), dataclasses.replace(cfg.viewer, viewer_size=48, gui=True),
+                            cfg.camera, cfg.data.ref_size, cfg.output.video_fps)
     assert frames == [1, 2] and app._dpg is None, frames
     assert os.path.isfile(os.path.join(trainer.run_folder, "2", "checkpoint.pt"))
 

@@ -313,11 +313,11 @@ def test_options():
 def test_gui_opens_the_viewer_on_the_saved_model(workspace, monkeypatch):
     calls = []
     fake = types.ModuleType("viewer")
-    fake.require_gui = lambda: None
+    fake.require_front_end = lambda settings: None
     fake.SavedModelSession = lambda model, backend, num_frames, data, folder: (model, num_frames, data)
-    fake.run_viewer = lambda session, settings, camera, ref_size: calls.append(session)
+    fake.run_viewer = lambda session, settings, camera, ref_size, fps: calls.append(session)
     monkeypatch.setattr(visualize, "viewer", fake)
-    cfg, opts = visualize.load_settings(CONFIG, cli_args(workspace, "gui=True")[2:])
+    cfg, opts = visualize.load_settings(CONFIG, cli_args(workspace, "gui=web")[2:])
     assert visualize.run(cfg, opts, progress=False) == []
     (model, num_frames, data), = calls
     assert isinstance(model, GaussianModel4D) and not hasattr(model, "train_step")

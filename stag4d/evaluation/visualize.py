@@ -3,7 +3,7 @@
     python visualize.py --config configs/stag4d.yaml path=dataset/NAME save_path=NAME \\
         [load_step=N] [frames=N] [resolution=R] [elevation=E] [background=white|black|[r,g,b]] \\
         [modes=[image,depth,alpha]] [sheet_times=4] [sheet_azimuths=[0,60,120,180,240,300]] \\
-        [sheet_size=S] [chunk=8] [gui=True]
+        [sheet_size=S] [chunk=8] [gui=web|dearpygui]
 
 Loads ``<outdir>/<save_path>/<step>/`` (model.ply + deformation.pt; the latest saved step unless
 ``load_step``) and writes to ``<valid_dir>/<save_path>/``:
@@ -24,9 +24,9 @@ set, else the one the run was trained with (its config.yaml, its frames/ folder)
 of frames in ``path``/ref/.
 
 Rendering is batched: one deformation call for ``chunk`` times, then one ``render_batch`` for
-those times seen by every track. ``gui=True`` opens the viewer (``viewer.run_viewer``, view only,
-with the dataset's frames as the reference overlay when ``path`` has them) on the saved model
-instead of writing files.
+those times seen by every track. ``gui=web`` (a browser, through viser) or ``gui=dearpygui`` (a
+window; ``gui=True``) opens the viewer (``viewer.run_viewer``, view only, with the dataset's frames
+as the reference when ``path`` has them) on the saved model instead of writing files.
 
 Everything after ``--config`` is a dotted override: the keys above that are not run-config keys
 belong to this script (:class:`VisualizeOptions`), the others go to the run config (:mod:`stag4d.config`).
@@ -409,14 +409,14 @@ def load_settings(config_path: str, overrides: Sequence[str]) -> tuple[RunConfig
 
 def run(cfg: RunConfig, opts: VisualizeOptions, progress: bool = True) -> list[str]:
     """Load the saved model and write the outputs (or open the viewer with ``gui``); returns the paths."""
-    if cfg.viewer.gui:
-        viewer.require_gui()  # fails in one line before any loading
+    if cfg.viewer.gui != "off":
+        viewer.require_front_end(cfg.viewer)  # fails in one line before any loading
     saved = open_saved_model(cfg, opts.load_step, resolve_device(cfg.train.device))
-    if cfg.viewer.gui:
+    if cfg.viewer.gui != "off":
         session = viewer.SavedModelSession(saved.model, cfg.train.backend, saved.num_frames,
                                            data=reference_frames(cfg, saved.num_frames),
                                            folder=os.path.join(cfg.output.outdir, cfg.output.save_path, "viewer"))
-        viewer.run_viewer(session, cfg.viewer, cfg.camera, cfg.data.ref_size)
+        viewer.run_viewer(session, cfg.viewer, cfg.camera, cfg.data.ref_size, cfg.output.video_fps)
         return []
     out_folder = os.path.join(cfg.output.valid_dir, cfg.output.save_path)
     print(f"rendering {saved.folder} ({saved.model.num} Gaussians, T={saved.num_frames}) to {out_folder}/",

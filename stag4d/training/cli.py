@@ -5,8 +5,8 @@
     python main.py --config configs/anchored.yaml path=dataset/NAME holdout_views=[1,3]
     python main.py --help-config                                    # every setting
 
-Settings are OmegaConf dotted overrides (:mod:`stag4d.config`). ``gui=True`` opens the dearpygui
-viewer around the same trainer.
+Settings are OmegaConf dotted overrides (:mod:`stag4d.config`). ``gui=web`` serves the browser
+viewer around the same trainer, ``gui=dearpygui`` (or ``gui=True``) opens the desktop window.
 """
 from __future__ import annotations
 
@@ -39,11 +39,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[str, list[str]]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(config_path, overrides)
-    if cfg.viewer.gui:
-        viewer.require_gui()  # dearpygui and a display, checked before any data or model is loaded
+    if cfg.viewer.gui != "off":
+        viewer.require_front_end(cfg.viewer)  # checked before any data or model is loaded
     trainer = Trainer(cfg)
-    if cfg.viewer.gui:
-        viewer.run_viewer(viewer.TrainingSession(trainer), cfg.viewer, cfg.camera, cfg.data.ref_size)
+    if cfg.viewer.gui != "off":
+        viewer.run_viewer(viewer.TrainingSession(trainer), cfg.viewer, cfg.camera, cfg.data.ref_size,
+                          cfg.output.video_fps)
     else:
         trainer.train()
         print(f"saved {trainer.run_folder}/{trainer.step}")

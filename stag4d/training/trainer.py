@@ -688,6 +688,12 @@ class Trainer:
         return os.path.join(self.cfg.output.outdir, self.cfg.output.save_path)
 
     @torch.no_grad()
+    def gaussians_at(self, time: Optional[float] = None, scale_modifier: float = 1.0) -> GaussianParams:
+        """The model's Gaussians, deformed at normalized ``time`` (None: canonical), without autograd
+        (what :meth:`render` draws; the web viewer sends them to the browser)."""
+        return self.model.gaussians_at(time, scale_modifier)
+
+    @torch.no_grad()
     def render(self, camera: Camera, time: Optional[float] = None, background: Sequence[float] = (1.0, 1.0, 1.0),
                scale_modifier: float = 1.0) -> RenderOutput:
         """Render the model from ``camera``.
@@ -699,7 +705,7 @@ class Trainer:
             background: RGB in [0, 1].
             scale_modifier: multiplies every Gaussian's scale (viewer slider).
         """
-        gaussians = self.model.gaussians_at(time)
+        gaussians = self.gaussians_at(time)
         if time is not None:
             camera = camera.with_time(float(time))
         bg = torch.tensor([float(c) for c in background], device=self.device)
