@@ -27,7 +27,7 @@ import ray
 from tqdm import tqdm
 
 from stag4d.batch.clips import Clip
-from stag4d.batch.execute import submit
+from stag4d.batch.execute import StageKilled, submit
 from stag4d.batch.records import SETTLED, StageRecord, read_record
 from stag4d.batch.results import TABLE_MARKDOWN, write_table
 from stag4d.batch.stages import BatchSettings, ClipPlan, give_gpus, plan_clip
@@ -140,14 +140,16 @@ def _start_next(run: BatchRun, plan: ClipPlan, retries: int) -> None:
             return
 
 
-def _task_result(ref, retries: int) -> StageRecord:
+def task_record(ref, retries: int) -> StageRecord:
     """The task's record; a task Ray gave up on (retries spent, node lost) as a failed one."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         cause = err.cause if getattr(err, "cause", None) is not None else err
-        message = " ".join(str(cause).split()) or type(cause).__name__
-        return StageRecord("failed", error=f"{message} (after {retries} retries)")
+        if isinstance(cause, StageKilled):
+            return StageRecord("failed", error=f"{cause} (after {retries} retries)")
+        lines = str(cause).strip().splitlines()
+        return StageRecord("failed", error=f"{type(cause).__name__}: {lines[-1] if lines else ''}")
     except ray.exceptions.RayError as err:
         return StageRecord("failed", error=f"Ray lost the task ({type(err).__name__}) after {retries} retries")
 
@@ -219,7 +221,7 @@ def _drive(run: BatchRun, retries: int, progress: bool) -> list[dict]:
                 for ref in ready:
                     clip, stage, _ = run.in_flight.pop(ref)
                     records = run.records[clip]
-                    records[stage] = result = _task_result(ref, retries)
+                    records[stage] = result = task_record(ref, retries)
                     seconds = f" in {result.wall_s:.1f} s" if result.wall_s is not None else ""
                     tqdm.write(f"{clip}: {stage} {result.status}{seconds}"
                                + (f": {result.error}" if result.error else ""), file=sys.stderr)
@@ -244,4 +246,4 @@ def _drive(run: BatchRun, retries: int, progress: bool) -> list[dict]:
     return table
 
 
-__all__ = ["BatchRun", "RayOptions", "batch_lock", "check_resources", "run_batch"]
+__all__ = ["BatchRun", "RayOptions", "batch_lock", "check_resources", "run_batch", "task_record"]
