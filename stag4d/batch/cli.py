@@ -100,7 +100,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"note: {len(ignored)} entries of {args.clips} are not clips and are left out: "
               f"{', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''}", file=sys.stderr)
     options = RayOptions(args.address, args.num_cpus, args.num_gpus, args.retries)
-    table = run_batch(clips, settings, options, progress=not args.no_progress)
+    try:
+        table = run_batch(clips, settings, options, progress=not args.no_progress)
+    except KeyboardInterrupt:  # the running stages were cancelled; what finished is kept
+        print(f"interrupted: the same command continues the batch (table: {settings.out}/{TABLE_MARKDOWN})",
+              file=sys.stderr)
+        sys.exit(130)
     with open(os.path.join(settings.out, TABLE_MARKDOWN)) as f:
         print(f.read(), end="")
     failed = [row["clip"] for row in table if row["status"] == "failed"]

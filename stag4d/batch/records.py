@@ -5,8 +5,9 @@ stage ends, so the times of completed stages survive a killed driver; a rerun th
 stage's outputs complete shows them as ``done`` with those times.
 
 Statuses: ``ok`` (ran now), ``done`` (complete outputs existed, not rerun), ``failed``,
-``blocked`` (an earlier stage of the clip failed), ``n/a`` (prepare_video of a ready dataset), and
-while the batch runs ``queued`` / ``running``; ``""`` = not reached.
+``blocked`` (an earlier stage of the clip failed), ``n/a`` (prepare_video of a ready dataset),
+while the batch runs ``queued`` / ``running``, ``interrupted`` (the driver stopped while it ran);
+``""`` = not reached.
 """
 from __future__ import annotations
 

@@ -241,7 +241,7 @@ def _drive(run: BatchRun, retries: int, progress: bool) -> list[dict]:
             raise
         finally:
             for clip, stage, _ in run.in_flight.values():
-                run.records[clip][stage] = StageRecord("")  # interrupted: not run
+                run.records[clip][stage] = StageRecord("interrupted")
             table = write()
     return table
 
