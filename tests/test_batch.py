@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import pytest
 from test_trainer import TINY
@@ -280,9 +281,40 @@ def ray_address():
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
+        started = descendants(os.getpid())  # Ray's processes and workers (and anything they started)
         ray.shutdown()
         if auth_mode is None:
             os.environ.pop("RAY_AUTH_MODE", None)
+        deadline = time.monotonic() + 30
+        while (alive := [pid for pid in started if running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started and not alive, f"processes left after ray.shutdown(): {alive}"
+
+
+def _stat(pid: int) -> Optional[tuple[str, int]]:
+    """(state, parent pid) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def running(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def descendants(root: int) -> list[int]:
+    """Processes below ``root`` in the process tree."""
+    parents = {int(p): s[1] for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p))) is not None}
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def test_ray_retries_a_stage_killed_by_a_signal(ray_address, tmp_path):
