@@ -568,3 +568,17 @@ def test_field_animation_moves_the_canonical_surface_by_the_field(workspace, mod
 def test_mesh_frame_out_of_range(workspace):
     with pytest.raises(UserError, match=r"mesh_frame=4: the export has frames 0..3"):
         cli.run(*cli.load_settings(CONFIG, cli_args(workspace, "mesh_frame=4")[2:]), progress=False)
+
+
+def test_launcher_and_console_entry(monkeypatch, capsys):
+    import runpy
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["stag4d-export"] == "stag4d.export.cli:main"
+    monkeypatch.setattr("sys.argv", ["export.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(REPO, "scripts", "export.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "format" in out and "density_threshold" in out

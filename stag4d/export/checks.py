@@ -28,8 +28,8 @@ from tqdm import tqdm
 from cam_utils import Camera, CameraConfig
 from stag4d.data import video
 from stag4d.evaluation.metrics import mask_iou
-from stag4d.export.occupancy import MIN_OPACITY
 from stag4d.export.mesh_render import rasterize
+from stag4d.export.occupancy import MIN_OPACITY
 from stag4d.rasterizer import render
 
 IOU_MIN = 0.85  # the bar for the silhouette IoU

@@ -226,6 +226,11 @@ def _prepare_folder(folder: str) -> None:
             os.remove(old)
 
 
+def read_manifest(folder: str) -> dict:
+    with open(os.path.join(folder, MANIFEST)) as f:
+        return json.load(f)
+
+
 def manifest(fmt: str, timeline: Timeline, files: list[str], saved: SavedModel) -> dict:
     return {
         "format": fmt,
@@ -339,7 +344,7 @@ def check_glb(path: str, model: GaussianModel4D, cfg: RunConfig, opts: ExportOpt
     fresh = checks.reextraction_distances(animated.positions, animated.faces, rows, reference, extract)
     report = checks.summarize(ious, [c.name for c in cameras], motion, times, fresh, rows)
     report.update({"file": path, "bytes": os.path.getsize(path), "vertices": int(animated.positions.shape[1]),
-                   "faces": int(len(animated.faces)), "morph_targets": animated.num_targets,
+                   "faces": len(animated.faces), "morph_targets": animated.num_targets,
                    "duration": animated.duration, "animation": opts.animation})
     stem = os.path.splitext(path)[0]
     frames = animated.extras.get("frames")
@@ -355,7 +360,7 @@ def check_glb(path: str, model: GaussianModel4D, cfg: RunConfig, opts: ExportOpt
 def check_splats(folder: str, model: GaussianModel4D) -> dict:
     """Largest differences between the .splat files (read back) and the deformed Gaussians, over all
     frames; Gaussians matched by position (stored exactly)."""
-    info = json.loads(open(os.path.join(folder, MANIFEST)).read())
+    info = read_manifest(folder)
     worst = {"position": 0.0, "scale_relative": 0.0, "rgb": 0.0, "opacity": 0.0, "quat": 0.0}
     for name, gaussians in zip(info["files"], model.gaussians_at_times(info["times"])):
         read = splat.read_splat(os.path.join(folder, name))
@@ -372,7 +377,7 @@ def check_splats(folder: str, model: GaussianModel4D) -> dict:
 @torch.no_grad()
 def check_plys(folder: str, model: GaussianModel4D) -> float:
     """Largest difference of any raw value between the PLY files (read back) and the deformed Gaussians."""
-    info = json.loads(open(os.path.join(folder, MANIFEST)).read())
+    info = read_manifest(folder)
     worst = 0.0
     for name, g in zip(info["files"], model.gaussians_at_times(info["times"])):
         read = read_gaussian_ply(os.path.join(folder, name))

@@ -27,8 +27,22 @@ from typing import Optional
 import numpy as np
 import pygltflib
 from pygltflib import (
-    GLTF2, Accessor, Animation, AnimationChannel, AnimationChannelTarget, AnimationSampler, Asset, Attributes,
-    Buffer, BufferView, Material, Mesh, Node, PbrMetallicRoughness, Primitive, Scene,
+    GLTF2,
+    Accessor,
+    Animation,
+    AnimationChannel,
+    AnimationChannelTarget,
+    AnimationSampler,
+    Asset,
+    Attributes,
+    Buffer,
+    BufferView,
+    Material,
+    Mesh,
+    Node,
+    PbrMetallicRoughness,
+    Primitive,
+    Scene,
 )
 
 from stag4d.errors import DataError
@@ -240,5 +254,16 @@ def positions_at(mesh: AnimatedMesh, seconds: float) -> np.ndarray:
     return mesh.positions[0] + np.tensordot(w, mesh.positions - mesh.positions[0], axes=1)
 
 
-__all__ = ["AnimatedMesh", "INTERPOLATIONS", "build_animated_gltf", "frame_weights", "keyframes", "linear_to_srgb",
-           "positions_at", "read_accessor", "read_animated_glb", "srgb_to_linear", "write_animated_glb"]
+__all__ = [
+    "INTERPOLATIONS",
+    "AnimatedMesh",
+    "build_animated_gltf",
+    "frame_weights",
+    "keyframes",
+    "linear_to_srgb",
+    "positions_at",
+    "read_accessor",
+    "read_animated_glb",
+    "srgb_to_linear",
+    "write_animated_glb",
+]

@@ -209,6 +209,21 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.asarray(mesh.vertex_normals, dtype=np.float32)
 
 
-__all__ = ["ANIMATIONS", "EmptySurface", "SKIN_NEIGHBOURS", "Skinning", "SurfaceMesh", "carry_with_gaussians", "clean", "decimate",
-           "deform_vertices", "extract_surface", "fill_cavities", "marching_cubes", "sample_colors", "sample_grid",
-           "skin_to_gaussians", "vertex_normals"]
+__all__ = [
+    "ANIMATIONS",
+    "SKIN_NEIGHBOURS",
+    "EmptySurface",
+    "Skinning",
+    "SurfaceMesh",
+    "carry_with_gaussians",
+    "clean",
+    "decimate",
+    "deform_vertices",
+    "extract_surface",
+    "fill_cavities",
+    "marching_cubes",
+    "sample_colors",
+    "sample_grid",
+    "skin_to_gaussians",
+    "vertex_normals",
+]

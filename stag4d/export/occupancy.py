@@ -22,7 +22,6 @@ falling between samples.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,5 +228,18 @@ def occupancy_at(cloud: GaussianCloud, points: Tensor, cutoff: float | None = CU
     return (1.0 - torch.prod(1.0 - alpha, dim=1)).float()
 
 
-__all__ = ["ALPHA_MAX", "CUTOFF_SIGMAS", "GaussianCloud", "GridBox", "LOWPASS_CELLS", "MIN_OPACITY", "PAIR_BUDGET",
-           "axis_extents", "covariances", "object_box", "occupancy_at", "occupancy_grid", "squared_reach"]
+__all__ = [
+    "ALPHA_MAX",
+    "CUTOFF_SIGMAS",
+    "LOWPASS_CELLS",
+    "MIN_OPACITY",
+    "PAIR_BUDGET",
+    "GaussianCloud",
+    "GridBox",
+    "axis_extents",
+    "covariances",
+    "object_box",
+    "occupancy_at",
+    "occupancy_grid",
+    "squared_reach",
+]
