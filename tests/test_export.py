@@ -235,6 +235,23 @@ def test_skinned_vertices_follow_their_gaussians(model):
             assert np.abs(moved[k] - vertices - own).mean() < 0.2 * np.abs(own).mean() + 1e-6
 
 
+def test_smoothing_the_motion_keeps_smooth_motion_and_removes_jitter():
+    sphere = trimesh.creation.icosphere(3, radius=0.5)
+    vertices = np.asarray(sphere.vertices, np.float32)
+    faces = np.asarray(sphere.faces)
+    smooth = np.stack([vertices, vertices + np.float32([0.1, -0.2, 0.05])])  # rigid: unchanged
+    assert np.allclose(mesh.smooth_displacements(smooth, faces, 0), smooth, atol=1e-6)
+    jitter = np.random.default_rng(0).normal(0, 0.01, vertices.shape).astype(np.float32)
+    noisy = np.stack([vertices, smooth[1] + jitter, vertices])
+    out = mesh.smooth_displacements(noisy, faces, 2)
+    assert np.array_equal(out[2], vertices)  # the reference frame does not move
+    remaining = out[1] - smooth[1]
+    assert np.abs(remaining).mean() < 0.25 * np.abs(jitter).mean()
+    assert np.allclose(remaining.mean(axis=0), jitter.mean(axis=0), atol=2e-3)  # the mean motion stays
+    area = trimesh.Trimesh(noisy[1], faces).area / trimesh.Trimesh(out[1], faces).area
+    assert area > 1.03 and trimesh.Trimesh(out[1], faces).area == pytest.approx(sphere.area, rel=0.005)
+
+
 def test_vertices_move_as_gaussian_centres(model):
     """A vertex placed on a Gaussian's canonical centre moves exactly as that centre."""
     times = [0.0, 0.25, 0.6]

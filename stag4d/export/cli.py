@@ -302,6 +302,7 @@ def animated_surface(model: GaussianModel4D, timeline: Timeline, opts: ExportOpt
     if opts.animation == "gaussians":
         skinning = mesh.skin_to_gaussians(surface.vertices, cloud)
         positions = mesh.carry_with_gaussians(model, surface.vertices, skinning, reference_time, timeline.times)
+        positions = mesh.smooth_displacements(positions, surface.faces, reference_frame(opts, timeline))
     else:
         positions = mesh.deform_vertices(model, surface.vertices, timeline.times)
     return surface, positions
