@@ -1,0 +1,155 @@
+"""Measure an exported animated mesh against the Gaussians it came from.
+
+* Geometry: at each exported time, the mesh's silhouette (our z-buffer rasterizer,
+  :mod:`.mesh_render`) against the Gaussians' ``alpha > 0.5`` (the project's rasterizer) at the
+  reference camera and every anchor camera of the run: mask IoU.
+* Motion (the issue's measure): at each exported time, the mean distance from the mesh's vertices
+  to the nearest deformed Gaussian centre (Gaussians with opacity >= 1/255), as a fraction of the
+  object's size (the longest side of the mesh's bounding box at that time). The same number for
+  the frame-0 mesh left in place (``static``) shows what not following the motion would cost.
+  Both include how far the surface sits from the centres (about one Gaussian radius).
+* Motion against re-extraction: at a few times, the surface extracted afresh from that time's
+  Gaussians, and the symmetric mean distance (chamfer, points sampled evenly on both surfaces)
+  between it and the animated mesh, as a fraction of the object's size; again with the
+  reference-frame mesh left in place as the control.
+* :func:`mesh_contact_sheet`: the mesh rendered at a few times (rows) and azimuths (columns).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import trimesh
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
+from cam_utils import Camera, CameraConfig
+from stag4d.data import video
+from stag4d.evaluation.metrics import mask_iou
+from stag4d.export.mesh_render import rasterize
+from stag4d.export.occupancy import MIN_OPACITY
+from stag4d.rasterizer import render
+
+IOU_MIN = 0.85  # the issue's bar for the silhouette IoU
+MOTION_MAX = 0.02  # ... and for the mean vertex-to-Gaussian distance, as a fraction of the object's size
+CHAMFER_SAMPLES = 20000  # points sampled on each surface for the surface distance
+
+
+@dataclass
+class NamedCamera:
+    name: str
+    camera: Camera
+
+
+def check_cameras(camera: CameraConfig, ref_size: int, anchor_size: int, device: torch.device | str = "cpu"
+                  ) -> list[NamedCamera]:
+    """The reference camera and the anchor cameras of a run."""
+    cameras = [NamedCamera("reference", camera.reference(ref_size, device=device))]
+    cameras += [NamedCamera(f"anchor{k}", c) for k, c in enumerate(camera.anchors(anchor_size, device=device))]
+    return cameras
+
+
+@torch.no_grad()
+def silhouette_ious(model, positions: np.ndarray, faces: np.ndarray, times: Sequence[float],
+                    cameras: Sequence[NamedCamera], backend: str = "auto", progress: bool = True) -> np.ndarray:
+    """IoU [F, C] of the mesh's silhouette (``positions[f]``, ``faces``) and the Gaussians' alpha > 0.5
+    at ``times[f]`` seen by each camera."""
+    device = model.device
+    faces_t = torch.as_tensor(faces, device=device)
+    background = torch.ones(3, device=device)
+    out = np.zeros((len(times), len(cameras)))
+    for f, time in enumerate(tqdm(times, desc="silhouettes", unit="frame", disable=not progress, leave=False)):
+        gaussians = model.gaussians_at(float(time))
+        vertices = torch.as_tensor(positions[f], device=device)
+        for c, named in enumerate(cameras):
+            alpha = render(gaussians, named.camera.with_time(float(time)), background, backend=backend).alpha[0]
+            mesh_mask = rasterize(vertices, faces_t, named.camera).mask
+            out[f, c] = float(mask_iou(mesh_mask.float().cpu(), alpha.cpu()))
+    return out
+
+
+@torch.no_grad()
+def motion_distances(model, positions: np.ndarray, times: Sequence[float]) -> dict[str, np.ndarray]:
+    """Per exported time: ``mean`` distance from the vertices to the nearest deformed Gaussian
+    centre, the object ``size`` (longest side of the mesh's box), and ``static``: the same mean
+    for the frame-0 vertices (the mesh not animated)."""
+    means, static, sizes = [], [], []
+    visible = model.opacities >= MIN_OPACITY
+    for f, time in enumerate(times):
+        centres = model.gaussians_at(float(time)).means[visible].cpu().numpy()
+        tree = cKDTree(centres)
+        means.append(tree.query(positions[f])[0].mean())
+        static.append(tree.query(positions[0])[0].mean())
+        sizes.append(float(np.ptp(positions[f], axis=0).max()))
+    return {"mean": np.array(means), "static": np.array(static), "size": np.array(sizes)}
+
+
+def surface_distance(vertices_a: np.ndarray, faces_a: np.ndarray, vertices_b: np.ndarray, faces_b: np.ndarray,
+                     samples: int = CHAMFER_SAMPLES, seed: int = 0) -> float:
+    """Symmetric mean distance between two triangle meshes: points sampled on each (area-uniform,
+    seeded), each to the nearest point sampled on the other, averaged both ways."""
+    a = trimesh.sample.sample_surface(trimesh.Trimesh(vertices_a, faces_a, process=False), samples, seed=seed)[0]
+    b = trimesh.sample.sample_surface(trimesh.Trimesh(vertices_b, faces_b, process=False), samples, seed=seed + 1)[0]
+    return 0.5 * float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
+
+
+def reextraction_distances(positions: np.ndarray, faces: np.ndarray, frames: Sequence[int], reference: int,
+                           extract: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """For each frame k of ``frames``: the surface distance between the animated mesh
+    (``positions[k]``) and ``extract(k)`` (vertices, faces extracted afresh at that frame), and the
+    same for the ``reference`` frame's mesh left in place; with the object's size at k."""
+    animated, static, sizes = [], [], []
+    for k in frames:
+        vertices, fresh_faces = extract(k)
+        animated.append(surface_distance(positions[k], faces, vertices, fresh_faces))
+        static.append(surface_distance(positions[reference], faces, vertices, fresh_faces))
+        sizes.append(float(np.ptp(positions[k], axis=0).max()))
+    return {"mean": np.array(animated), "static": np.array(static), "size": np.array(sizes)}
+
+
+def mesh_contact_sheet(positions: np.ndarray, faces: np.ndarray, colors: np.ndarray, rows: Sequence[int],
+                       labels: Sequence[str], azimuths: Sequence[float], camera: CameraConfig, size: int) -> np.ndarray:
+    """uint8 image: the mesh at frames ``rows`` (one row each, labelled) seen from ``azimuths``."""
+    faces_t = torch.as_tensor(faces)
+    colors_t = torch.as_tensor(colors)
+    tiles = np.stack([
+        np.stack([video.to_uint8(rasterize(torch.as_tensor(positions[r]), faces_t, camera.orbit(0.0, a, size),
+                                           colors_t).image) for a in azimuths])
+        for r in rows])
+    return video.contact_sheet(tiles, list(labels), [f"azimuth {a:g}" for a in azimuths])
+
+
+def summarize(ious: np.ndarray, camera_names: Sequence[str], motion: dict[str, np.ndarray], times: Sequence[float],
+              reextraction: Optional[dict] = None, reextraction_frames: Sequence[int] = ()) -> dict:
+    """The checks' numbers as a JSON-able dict (per frame and per camera, and the worst cases)."""
+    relative = motion["mean"] / motion["size"]
+    static = motion["static"] / motion["size"]
+    out = {
+        "silhouette_iou": {
+            "min": float(ious.min()), "mean": float(ious.mean()), "pass": bool(ious.min() >= IOU_MIN),
+            "threshold": IOU_MIN, "cameras": list(camera_names), "per_frame": ious.round(4).tolist(),
+        },
+        "motion": {
+            "max_relative": float(relative.max()), "mean_relative": float(relative.mean()),
+            "pass": bool(relative.max() <= MOTION_MAX), "threshold": MOTION_MAX,
+            "per_frame_relative": relative.round(5).tolist(), "per_frame_distance": motion["mean"].round(6).tolist(),
+            "object_size": motion["size"].round(5).tolist(),
+            "static_mesh_max_relative": float(static.max()), "static_per_frame_relative": static.round(5).tolist(),
+        },
+        "times": [float(t) for t in times],
+    }
+    if reextraction is not None:
+        fresh = reextraction["mean"] / reextraction["size"]
+        fresh_static = reextraction["static"] / reextraction["size"]
+        out["reextraction"] = {
+            "frames": list(reextraction_frames), "max_relative": float(fresh.max()),
+            "per_frame_relative": fresh.round(5).tolist(), "static_per_frame_relative": fresh_static.round(5).tolist(),
+            "static_max_relative": float(fresh_static.max()),
+        }
+    return out
+
+
+__all__ = ["CHAMFER_SAMPLES", "IOU_MIN", "MOTION_MAX", "NamedCamera", "check_cameras", "mesh_contact_sheet",
+           "motion_distances", "reextraction_distances", "silhouette_ious", "summarize", "surface_distance"]
