@@ -162,11 +162,17 @@ def stand_ins(use_cuda_extensions: bool = False) -> dict[str, types.ModuleType]:
 
 
 class ReleasedCode:
-    """The released checkout at ``root``: its modules, imported in isolation (module docstring)."""
+    """The released checkout at ``root``: its modules, imported in isolation (module docstring).
 
-    def __init__(self, root: str, use_cuda_extensions: bool = False):
+    ``rasterizer``: a module to import as ``diff_gauss`` instead (the CPU dry run of the GPU step
+    test: :func:`torch_rasterizer_as_diff_gauss`).
+    """
+
+    def __init__(self, root: str, use_cuda_extensions: bool = False, rasterizer: types.ModuleType | None = None):
         self.root = os.path.abspath(root)
         self.stand_ins = stand_ins(use_cuda_extensions)
+        if rasterizer is not None:
+            self.stand_ins["diff_gauss"] = rasterizer
         self.modules: dict[str, types.ModuleType] = {}
         if PACKAGE not in sys.modules:
             package = types.ModuleType(PACKAGE)
@@ -247,12 +253,46 @@ def _on_cpu(device: Any) -> Any:
     return device
 
 
+class _TimingEvent:
+    """``torch.cuda.Event`` on the CPU (the released trainer times its step; nothing compared)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def record(self, *args, **kwargs) -> None:
+        pass
+
+    def elapsed_time(self, other) -> float:
+        return 0.0
+
+
+class CpuCuda(types.ModuleType):
+    """``torch.cuda`` on the CPU: timing events and synchronization do nothing."""
+
+    Event = _TimingEvent
+
+    def __init__(self):
+        super().__init__("torch.cuda")
+
+    @staticmethod
+    def synchronize(*args, **kwargs) -> None:
+        pass
+
+    @staticmethod
+    def empty_cache() -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(torch.cuda, name)
+
+
 class CpuTorch(types.ModuleType):
     """``torch`` as a released module sees it on the CPU: functions called with ``device="cuda"``
-    get the CPU; everything else is torch itself."""
+    get the CPU, ``torch.cuda`` is :class:`CpuCuda`; everything else is torch itself."""
 
     def __init__(self):
         super().__init__("torch")
+        self.cuda = CpuCuda()
 
     def __getattr__(self, name: str):
         value = getattr(torch, name)
@@ -429,10 +469,12 @@ def copy_released_deformation(released_net: torch.nn.Module, ours: torch.nn.Modu
 
 @torch.no_grad()
 def copy_released_gaussians(gaussians: Any, model: Any) -> None:
-    """Our GaussianModel4D takes a released GaussianModel's Gaussians and deformation network.
-    Build the optimizer afterwards (new parameters)."""
-    model.set_gaussians(gaussians._xyz, gaussians._features_dc, gaussians._features_rest, gaussians._scaling,
-                        gaussians._rotation, gaussians._opacity[:, 0])
+    """Our GaussianModel4D takes copies of a released GaussianModel's Gaussians and deformation
+    network (copies: the released optimizer changes its tensors in place). Build the optimizer
+    afterwards (new parameters)."""
+    values = (gaussians._xyz, gaussians._features_dc, gaussians._features_rest, gaussians._scaling,
+              gaussians._rotation, gaussians._opacity[:, 0])
+    model.set_gaussians(*(value.detach().clone() for value in values))
     copy_released_deformation(gaussians._deformation, model.deformation)
 
 
@@ -489,26 +531,23 @@ def our_draw_script(samples: Sequence[dict]) -> list[tuple[str, tuple, Any]]:
     return script
 
 
-class RecordingTorch(types.ModuleType):
-    """``torch`` for the released guidance module: ``randint`` and ``randn_like`` record what they draw
-    (in ``draws``, as (name, tensor)); everything else is torch itself."""
+class Recorder(types.ModuleType):
+    """A module (``torch``, ``torch.nn.functional``) as a released module sees it while recorded:
+    the functions named in ``names`` append ``(name, result)`` to ``records``; everything else is
+    the module itself."""
 
-    def __init__(self, draws: list):
-        super().__init__("torch")
-        self.draws = draws
-
-    def randint(self, *args, **kwargs):
-        value = torch.randint(*args, **kwargs)
-        self.draws.append(("randint", value))
-        return value
-
-    def randn_like(self, *args, **kwargs):
-        value = torch.randn_like(*args, **kwargs)
-        self.draws.append(("randn_like", value))
-        return value
+    def __init__(self, module: types.ModuleType, names: Sequence[str], records: list):
+        super().__init__(module.__name__)
+        self.module, self.names, self.records = module, tuple(names), records
 
     def __getattr__(self, name: str):
-        return getattr(torch, name)
+        value = getattr(self.module, name)
+        return recording(value, self.records, name) if name in self.names else value
+
+
+def RecordingTorch(draws: list) -> Recorder:
+    """``torch`` whose ``randint`` and ``randn_like`` record what they draw (the released SDS draws)."""
+    return Recorder(torch, ("randint", "randn_like"), draws)
 
 
 def recording(function: Callable, draws: list, name: str) -> Callable:
@@ -525,21 +564,26 @@ def recording(function: Callable, draws: list, name: str) -> Callable:
 @contextlib.contextmanager
 def locals_at_return(function: Callable):
     """Inside: the local variables of ``function`` when its call returns are kept (the dict yielded,
-    last call), through a profile hook: the function runs unchanged."""
+    last call), through a trace hook on that function's frames only: the function runs unchanged.
+    (It replaces any other trace function for the duration: not under a debugger.)"""
     code = function.__code__
     captured: dict[str, Any] = {}
-    previous = sys.getprofile()
+    previous = sys.gettrace()
 
-    def profile(frame, event, arg):
-        if event == "return" and frame.f_code is code:
+    def on_return(frame, event, arg):
+        if event == "return":
             captured.clear()
             captured.update(frame.f_locals)
+        return on_return
 
-    sys.setprofile(profile)
+    def on_call(frame, event, arg):
+        return on_return if frame.f_code is code else None
+
+    sys.settrace(on_call)
     try:
         yield captured
     finally:
-        sys.setprofile(previous)
+        sys.settrace(previous)
 
 
 def max_abs(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -605,3 +649,49 @@ class Measurements:
 
             with open(path, "w") as f:
                 json.dump(dict(sorted(self.values.items())), f, indent=1)
+
+
+def torch_rasterizer_as_diff_gauss() -> types.ModuleType:
+    """diff_gauss's interface over our torch rasterizer, for a CPU dry run of the GPU step test.
+
+    Both trainers then rasterize with our code, so that run compares everything around the
+    rasterizer (and exercises the GPU test's harness), not diff_gauss. The released code reads the
+    screen-space gradient from the ``means2D`` it passes in (NDC units); here a hook on our render's
+    pixel-unit ``means2d`` hands it over times (W/2, H/2).
+    """
+    import math
+
+    from cam_utils import Camera
+    from stag4d.rasterizer import render
+    from stag4d.rasterizer.types import GaussianParams
+
+    class GaussianRasterizationSettings(types.SimpleNamespace):
+        pass
+
+    class GaussianRasterizer:
+        def __init__(self, raster_settings):
+            self.settings = raster_settings
+
+        def __call__(self, means3D, means2D, shs=None, colors_precomp=None, opacities=None, scales=None,
+                     rotations=None, cov3Ds_precomp=None):
+            s = self.settings
+            camera = Camera(world_to_camera=s.viewmatrix.T.contiguous(), fovy=math.degrees(2 * math.atan(s.tanfovy)),
+                            width=int(s.image_width), height=int(s.image_height))
+            gaussians = GaussianParams(means=means3D, log_scales=torch.log(scales), quats=rotations,
+                                       opacity_logits=torch.logit(opacities[:, 0]), sh=shs, colors=colors_precomp)
+            out = render(gaussians, camera, s.bg, backend="torch", scale_modifier=s.scale_modifier)
+            to_ndc = torch.tensor([camera.width / 2.0, camera.height / 2.0], dtype=means2D.dtype, device=means2D.device)
+
+            def hand_over(grad: torch.Tensor) -> None:
+                ndc = torch.zeros_like(means2D)
+                ndc[:, :2] = grad * to_ndc
+                means2D.grad = ndc if means2D.grad is None else means2D.grad + ndc
+
+            if out.means2d.requires_grad:
+                out.means2d.register_hook(hand_over)
+            return out.image, out.depth, None, out.alpha, out.radii, None
+
+    module = types.ModuleType("diff_gauss")
+    module.GaussianRasterizationSettings = GaussianRasterizationSettings
+    module.GaussianRasterizer = GaussianRasterizer
+    return module
