@@ -13,8 +13,9 @@ Runs only where ``STAG4D_RELEASED`` names a checkout of the released code at 9aa
 
     STAG4D_RELEASED=/path/to/STAG4D python -m pytest -q tests/test_released_equivalence.py
 
-The last test (``cuda``) runs one fine-stage training step of the released trainer and of ours on
-a GPU from the same state and the same draws.
+The last two tests run one training step of the released trainer and of ours from the same state
+and the same draws: on the CPU with our rasterizer behind the released diff_gauss calls, and
+(``cuda``) on a GPU with diff_gauss on both sides.
 """
 import os
 
@@ -1080,6 +1081,7 @@ def test_one_step_with_our_rasterizer_on_both_sides(tmp_path):
     relative; gradients 2e-3 and statistics 1e-3 relative L2 (measured 2e-4 and 1e-4: float32
     sums in another order, and opacities and scales that pass through the released activations
     and back before our rasterizer's alpha cut-off); the same visibility and screen radii."""
+    assert checkout_problems(ROOT) == []
     released = ReleasedCode(ROOT, rasterizer=torch_rasterizer_as_diff_gauss())
     tolerances = dict(reference=1e-5, sds=1e-5, regularizer=1e-5, gradient=2e-3, densify=1e-3, visibility=0, radii=0)
     smaller = {"num_pts": 500, "ref_size": 64, "iters": 8000, "density_start_iter": 1000}
@@ -1101,6 +1103,7 @@ def test_one_fine_step_matches_the_released_trainer(tmp_path):
     sample with noise, CFG and target in fp16 (ours: one call for the batch, CFG and target in fp32),
     which reaches every gradient."""
     pytest.importorskip("diff_gauss", reason="diff_gauss is not installed (stag4d/rasterizer/diff_gauss_backend.py)")
+    assert checkout_problems(ROOT) == []
     released = ReleasedCode(ROOT, use_cuda_extensions=True)
     tolerances = dict(reference=1e-4, sds=2e-2, regularizer=1e-5, gradient=5e-2, densify=5e-2, visibility=1e-3,
                       radii=1e-2)
