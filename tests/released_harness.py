@@ -20,6 +20,13 @@ compiled from its ``main.py`` as they stand (:func:`released_statements`).
 * CUDA on the CPU: the released model code names ``"cuda"`` in tensor constructors and calls
   ``.cuda()``; :func:`cuda_as_cpu` maps both to the CPU for the duration of a call (the arithmetic
   is untouched).
+* The same draws: the released code's ``np.random`` and torch draws are recorded as it makes them
+  (:class:`RecordingRandom`, :class:`Recorder`) and handed to ours (:class:`ScriptedRng` for the
+  trainer's sampling, in its order: :func:`our_draw_script`; ``SDSNoise`` for the SDS).
+* Our state from theirs: :func:`copy_released_gaussians`, :func:`released_deformation_state`,
+  :func:`inject_released_embeddings`; a released function's locals at its return:
+  :func:`locals_at_return`. :func:`torch_rasterizer_as_diff_gauss` puts our rasterizer behind the
+  released diff_gauss calls for a CPU run of the training-step comparison.
 """
 from __future__ import annotations
 
@@ -545,7 +552,7 @@ class Recorder(types.ModuleType):
         return recording(value, self.records, name) if name in self.names else value
 
 
-def RecordingTorch(draws: list) -> Recorder:
+def recording_torch(draws: list) -> Recorder:
     """``torch`` whose ``randint`` and ``randn_like`` record what they draw (the released SDS draws)."""
     return Recorder(torch, ("randint", "randn_like"), draws)
 
@@ -596,11 +603,6 @@ def max_rel(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-12) -> float:
     """max |a - b| / max |b|."""
     a, b = torch.as_tensor(a).detach().double(), torch.as_tensor(b).detach().double()
     return float((a - b).abs().max() / b.abs().max().clamp_min(floor))
-
-
-def call_with_cpu(function: Callable, modules: Sequence[types.ModuleType], *args, **kwargs):
-    with cuda_as_cpu(*modules):
-        return function(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,6 @@ from released_harness import (
     Measurements,
     Recorder,
     RecordingRandom,
-    RecordingTorch,
     ReleasedCode,
     ScriptedRng,
     checkout_problems,
@@ -53,6 +52,7 @@ from released_harness import (
     numpy_with_random,
     our_draw_script,
     recording,
+    recording_torch,
     released_deformation_state,
     released_renderer_on_cpu,
     released_statements,
@@ -545,7 +545,7 @@ def test_sds_loss_and_gradient_on_identical_draws(released, zero123_pair):
     released_losses, released_grads, draws = [], [], []
     utils = released.module("guidance.zero123_4d_utils")
     saved = utils.torch, vae_module.randn_tensor
-    utils.torch, vae_module.randn_tensor = RecordingTorch(draws), recording(vae_module.randn_tensor, draws, "eps")
+    utils.torch, vae_module.randn_tensor = recording_torch(draws), recording(vae_module.randn_tensor, draws, "eps")
     try:
         for b, (frame, idx, polar, azimuth) in enumerate(samples):
             image = images[b:b + 1].clone().requires_grad_(True)
