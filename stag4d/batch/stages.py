@@ -342,8 +342,8 @@ def plan_clip(clip: Clip, settings: BatchSettings) -> ClipPlan:
         elif stage == "visualize":
             argv = run_config_argv(stage, clip.name, dataset, settings)
             cfg, opts = visualize_cmd.load_settings(*_parsed(stage, visualize_cmd.parse_args, argv))
-            if cfg.viewer.gui:
-                raise UserError("gui=True opens a window: a batch writes files; drop gui=True")
+            if cfg.viewer.gui != "off":
+                raise UserError(f"gui={cfg.viewer.gui} opens a viewer: a batch writes files; drop gui=")
             plan.run = plan.run or _run_folder(cfg)
             folder = os.path.join(cfg.output.valid_dir, cfg.output.save_path)
             files = [visualize_cmd.video_path(folder, track, mode)
