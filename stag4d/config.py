@@ -235,12 +235,6 @@ def config_from_dict(values: dict[str, Any], require_path: bool = True) -> RunCo
     return _finish(_merge(OmegaConf.structured(RunConfig), OmegaConf.create(values), "the given settings"), require_path)
 
 
-def replace_settings(cfg: RunConfig, **values: Any) -> RunConfig:
-    """A checked copy of ``cfg`` with some settings changed (short keys)."""
-    node = OmegaConf.structured(cfg)
-    return _finish(_merge(node, OmegaConf.create(values), "the given settings"), require_path=bool(cfg.data.path))
-
-
 def saved_run_config(folder: str) -> Optional[RunConfig]:
     """The config.yaml of a saved step (either layout: sectioned, or flat as older runs wrote it),
     checked as any config is; None when the step has none.
@@ -292,4 +286,4 @@ def help_text() -> str:
 
 
 __all__ = ["KNOWN_KEYS", "KEY_SECTIONS", "REMOVED_KEYS", "RunConfig", "SECTIONS", "closest_key", "config_from_dict",
-           "help_text", "load_config", "replace_settings", "saved_run_config", "split_script_overrides", "to_yaml"]
+           "help_text", "load_config", "saved_run_config", "split_script_overrides", "to_yaml"]

@@ -28,8 +28,6 @@ import torch
 from cam_utils import Camera, project_points
 from stag4d.rasterizer.types import GaussianParams, RenderOutput
 
-NEAR_CULL = 0.2  # 3DGS's in_frustum: camera-space depth at or below this is not drawn
-
 
 @functools.lru_cache(maxsize=None)
 def diff_gauss_status() -> tuple[bool, str]:
@@ -94,4 +92,4 @@ def render_diff_gauss_batch(gaussians: Sequence[GaussianParams], cameras: Sequen
     return [render_diff_gauss(g, c, bg, scale_modifier) for g, c, bg in zip(gaussians, cameras, backgrounds)]
 
 
-__all__ = ["NEAR_CULL", "diff_gauss_status", "projection_matrix", "render_diff_gauss", "render_diff_gauss_batch"]
+__all__ = ["diff_gauss_status", "projection_matrix", "render_diff_gauss", "render_diff_gauss_batch"]
