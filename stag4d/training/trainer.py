@@ -321,6 +321,7 @@ class Trainer:
         if resume_folder is not None:
             self.load_folder(resume_folder)
         self.loss_columns = [k for k in LOSS_KEYS if self._can_produce(k)]
+        self._losses_header_checked = False  # losses.csv's columns, checked at the first log only
 
     def close(self) -> None:
         """Release the run folder (the lock; also done at interpreter exit)."""
@@ -673,8 +674,10 @@ class Trainer:
         columns are every loss the config can produce (a term absent at a step is left empty)."""
         path = os.path.join(self.run_folder, runs.LOSSES_FILE)
         header = ["step", "num_gaussians", "loss"] + self.loss_columns
-        if runs.losses_header(path) != header:
-            runs.write_losses_header(path, header)
+        if not self._losses_header_checked:  # this run is the file's only writer (the run lock)
+            if runs.losses_header(path) != header:
+                runs.write_losses_header(path, header)
+            self._losses_header_checked = True
         cells = [str(self.step), str(num_gaussians)] + [f"{means[k]:.6g}" if k in means else ""
                                                         for k in header[2:]]
         with open(path, "a") as f:
@@ -844,7 +847,7 @@ class NonFiniteGuard:
         self.flags: Optional[torch.Tensor] = None
         self.since_check: Optional[torch.Tensor] = None
         self.pending: Optional[torch.Tensor] = None
-        self.checked_step = self.trainer.step if hasattr(self.trainer, "step") else 0
+        self.checked_step = self.trainer.step
 
     @property
     def _fused(self) -> bool:
