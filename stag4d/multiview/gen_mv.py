@@ -134,9 +134,8 @@ def read_frame(file: str, method: str, matte_input: bool = True) -> np.ndarray:
         raise DataError(f"{file} cannot be read as an image ({' '.join(str(err).split())}): re-export it as PNG") from None
     if has_alpha:
         return np.ascontiguousarray(array)
-    if not matte_input:
-        return np.ascontiguousarray(np.concatenate([array, np.full(array.shape[:2] + (1,), 255, np.uint8)], -1))
-    return matting.apply_alpha(np.ascontiguousarray(array), matte(array, method))
+    alpha = matte(array, method) if matte_input else np.ones(array.shape[:2], np.float32)
+    return matting.apply_alpha(np.ascontiguousarray(array), alpha)
 
 
 def split_grid(grid: np.ndarray, tile: int) -> list[np.ndarray]:
