@@ -20,6 +20,11 @@ class MovingBlob:
         gen = torch.Generator().manual_seed(0)
         self.base = (torch.rand(30, 3, generator=gen) - 0.5) * 0.4
 
+    device = torch.device("cpu")
+
+    def gaussians_at_times(self, times):
+        return [self.gaussians_at(float(t)) for t in times]
+
     def gaussians_at(self, t):
         means = self.base + torch.tensor([self.motion(t), 0.0, 0.0])
         n = means.shape[0]

@@ -49,6 +49,7 @@ from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, UserError, exit_on_user_error
 from stag4d.evaluation import metrics
 from stag4d.evaluation.saved_model import SavedModel, open_saved_model
+from stag4d.evaluation.visualize import iter_track_frames
 from stag4d.files import save_image, write_text
 from stag4d.rasterizer import render
 from stag4d.training.runs import check_run_name
@@ -396,9 +397,9 @@ def temporal_smoothness(model, camera: Camera, num_frames: int, backend: str = "
       flow-free size of the video's acceleration against its velocity: about 0 for steady motion,
       up to 2 when consecutive renders flicker back and forth.
     """
-    white = torch.ones(3, device=camera.device)
     times = [k / (2 * num_frames) for k in range(2 * num_frames - 1)]
-    renders = torch.stack([render_view(model.gaussians_at(t), camera, t, white, backend)[0] for t in times])
+    chunks = iter_track_frames(model, {"smoothness": [camera] * len(times)}, times, backend=backend, progress=False)
+    renders = torch.cat([image for _, image, _, _ in chunks]).clamp(0, 1)
     midpoints = [float(metrics.psnr(renders[k], (renders[k - 1] + renders[k + 1]) / 2))
                  for k in range(1, len(times), 2)]
     velocity = (renders[1:] - renders[:-1]).abs().mean()
