@@ -237,6 +237,11 @@ def test_saved_model_scene_time_playback_and_scale(ball_data):
         app.tick()
         assert len(app.published) == sent_count + 1  # nothing changed: nothing sent
         assert client.received_bytes > 400 * 32  # the splats did go over the wire
+        # a browser that joins now gets the current scene from viser's replay, not a second send
+        late, = connect(app)
+        wait_for(lambda: late.received_bytes > 400 * 32)
+        app.tick()
+        assert len(app.published) == sent_count + 1
     finally:
         app.close()
 

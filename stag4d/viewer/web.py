@@ -159,8 +159,8 @@ class WebViewer(ViewerController):
         home.up = (0.0, 1.0, 0.0)
         home.fov = math.radians(self.home["fovy"])
         self._build_gui()
-        # a browser that leaves needs nothing undone: the scene and training go on for the others
-        server.on_client_connect(lambda client: self.queue(self._on_client_connect))
+        # no connect/disconnect hooks: viser replays its scene to a browser that joins (persistent
+        # broadcast buffer), and one that leaves needs nothing undone
         self.url, self.ssh_command = forward_hint(settings.viewer_host, self.port)
         if announce:
             print(f"web viewer: {self.url}", flush=True)
@@ -254,9 +254,6 @@ class WebViewer(ViewerController):
             client.camera.look_at = (0.0, 0.0, 0.0)
             client.camera.up_direction = (0.0, 1.0, 0.0)
             client.camera.fov = math.radians(self.home["fovy"])
-
-    def _on_client_connect(self) -> None:
-        self._scene_stale = True  # a new browser needs the scene (it is not computed without any)
 
     # ---- actions only this front end has -------------------------------------------------------
     def on_render_for(self, client: Any) -> Optional[str]:
