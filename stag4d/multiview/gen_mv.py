@@ -288,6 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"temporal anchor: {len(anchor)} records of frame {frames[0][0]}, {anchor.nbytes / 2**30:.2f} GiB {where}")
     print(f"wrote the views of {len(todo)} frames to {os.path.join(args.path, 'zero123')} "
           f"({len(run)} generated in {seconds:.1f} s, {seconds / len(run):.2f} s per frame, batches of {batch_size})")
+    if device.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
     return 0
 
 
