@@ -306,3 +306,30 @@ def test_gen_mv_batches_on_cuda(tmp_path, tiny_model, monkeypatch, capsys):  # n
     print(f"\ngen_mv fp16 batch 8 vs batch 1: at most {levels} 8-bit levels apart")
     assert levels <= 255 * CUDA_TOLERANCES[torch.float16] + 1
     assert np.array_equal(saved[0], one_by_one[0])
+
+
+def test_errors_of_the_worker_threads_end_gen_mv_in_one_line(tmp_path, tiny_model, monkeypatch, capsys):  # noqa: F811
+    """Reading frames and writing views run on worker threads: their errors still end the run with
+    one line, and the views generated before are written."""
+    path = make_dataset(tmp_path, frames=4)
+    with open(os.path.join(path, "ref", "3_rgba.png"), "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(SystemExit) as exit_info:
+        run_gen_mv(path, tiny_model, "--batch-size", "2")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
+    assert err.startswith("error: ") and "3_rgba.png cannot be read" in err
+    assert all(gen_mv.has_views(path, i) for i in range(3))  # frames 0, 1 and 2 were generated and written
+
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8)).save(os.path.join(path, "ref", "3_rgba.png"))
+    save_views = gen_mv.save_views
+
+    def full_disk(path_, i, grid, tile, method):
+        if i == 1:
+            raise gen_mv.UserError("the disk is full: could not write a view")
+        save_views(path_, i, grid, tile, method)
+
+    monkeypatch.setattr(gen_mv, "save_views", full_disk)
+    with pytest.raises(SystemExit):
+        run_gen_mv(path, tiny_model, "--batch-size", "2", "--overwrite")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: the disk is full: could not write a view"
