@@ -262,6 +262,7 @@ def batched_generation(args, pipe, device: torch.device, width: int, height: int
                              peak_gpu_bytes=peak,
                              max_float_diff=float_diff, max_levels=int(max(d.max() for d in levels)),
                              pixels_differing=float(np.mean([np.mean(d > 0) for d in levels]))))
+            print(f"records on the {storage}, batch {size}: {rows[-1]['median_s']:.3f} s/frame", flush=True)
         anchor.clear()  # frees the records before the next place is measured
 
     base = {r["records"]: r["median_s"] for r in rows if r["batch_size"] == args.batch_sizes[0]}
@@ -344,6 +345,7 @@ def whole_command(args, configs: dict, device: torch.device, dtype: torch.dtype,
                              generate_s=float(generated.group(1)), peak_gib=float(peak.group(1)) if peak else 0.0,
                              max_levels=int(max(d.max() for d in rgb)),
                              pixels_differing=float(np.mean([np.mean(d > 0) for d in rgb]))))
+            print(f"gen_mv --batch-size {size}: {wall:.1f} s wall", flush=True)
             shutil.rmtree(dataset)
     print(f"\nthe whole gen_mv command on {rows[0]['frames']} frames of {args.gen_mv} ({'tiny' if args.tiny else 'full-size'} "
           f"random Zero123++ v1.1 from disk, {width}x{height}, {args.steps} steps, --matting color, {device}); "
