@@ -4,7 +4,8 @@ The multi-view generator behind ``scripts/gen_mv.py`` (:mod:`stag4d.multiview.ge
 
 * :func:`~stag4d.multiview.pipeline.load_pipeline`: Zero123++ v1.1 from a hub id or a local diffusers
   folder, with reference attention; ``pipe(rgb_on_grey, steps=75, guidance_scale=4.0, seed=42,
-  anchor=...) -> uint8 [960, 640, 3]``.
+  anchor=...) -> uint8 [960, 640, 3]``; ``pipe.generate([rgb, ...], ...)`` denoises several frames as
+  one batch, each with its own seeded generator.
 * :class:`TemporalAnchor` (``temporal_anchor.py``): records frame 0's self-attention key/value
   inputs and blends them into later frames; modes ``record`` / ``replay`` / ``off``.
 * :class:`ReferenceAttnProcessor` (``attention.py``): the attention processor that implements

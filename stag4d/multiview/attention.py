@@ -8,7 +8,8 @@ Every denoising step runs the UNet twice (see :mod:`stag4d.multiview.pipeline`):
 2. the *main pass* over the latents being denoised, ``ref_mode="read"``: each ``attn1`` attends
    from its hidden states ``[B, L, C]`` to ``cat(hidden states, ref_store.pop(layer))``
    ``[B, L + Lr, C]``. A :class:`~stag4d.multiview.temporal_anchor.TemporalAnchor` passed as
-   ``anchor`` may rewrite the first ``L`` tokens of that key/value input (STAG4D).
+   ``anchor`` may rewrite the first ``L`` tokens of that key/value input (STAG4D); ``frames`` tells
+   it how many frames the batch holds (branch-major, see the anchor).
 
 The state moves only through the arguments of each UNet call (``cross_attention_kwargs``): the
 store is a fresh dict per step, the anchor is the caller's object. Cross-attention layers
@@ -55,6 +56,7 @@ class ReferenceAttnProcessor:
         ref_store: Optional[dict] = None,
         anchor: Optional[Callable] = None,
         step: Optional[int] = None,
+        frames: int = 1,
     ) -> torch.Tensor:
         """Attention output [B, L, C]; ``hidden_states`` [B, L, C] are the query input."""
         if not self.enabled or ref_mode is None:
@@ -65,7 +67,7 @@ class ReferenceAttnProcessor:
         elif ref_mode == READ:
             kv_input = torch.cat([kv_input, ref_store.pop(self.name)], dim=1)
             if anchor is not None:
-                kv_input = anchor(self.name, step, kv_input, own_tokens=hidden_states.shape[1])
+                kv_input = anchor(self.name, step, kv_input, own_tokens=hidden_states.shape[1], frames=frames)
         else:
             raise ValueError(f"ref_mode must be {READ!r}, {WRITE!r} or None, got {ref_mode!r}")
         return self.inner(attn, hidden_states, kv_input, attention_mask, temb)

@@ -2,7 +2,7 @@
 
     python scripts/gen_mv.py --path dataset/NAME [--model ID_OR_DIR] [--steps 75] [--seed 42]
         [--guidance 4.0] [--matting rembg|color] [--overwrite] [--no-temporal-anchor]
-        [--device cuda|cpu]
+        [--device cuda|cpu] [--batch-size N] [--anchor-records auto|host|device]
 
 1. Frames given directly as ``dataset/NAME/<i>.png`` or ``<i>_rgba.png`` are first copied into
    ``ref/<i>_rgba.png`` (the released code does the same with ``cp``); then the frames are
@@ -11,9 +11,13 @@
    steps, guidance 4.0, the same seed for every frame) into a 640x960 grid of six 320x320 views.
    With the temporal anchor (default) frame 0 records its self-attention key/value inputs and
    every later frame blends them into its own (:mod:`stag4d.multiview.temporal_anchor`).
+   Frame 0 runs alone (it records); the later frames depend only on its records, so they are
+   denoised ``--batch-size`` at a time (8 on CUDA, 1 on the CPU), each with its own generator
+   seeded with ``--seed``: a frame equals the frame generated alone up to float rounding.
 3. The grid is cut into its six tiles (tile k at column k % 2, row k // 2, ``cam_utils.tile_box``),
    each tile is matted (``--matting``: rembg as in the released code, or the offline colour key)
-   and written atomically as ``zero123/<i>_rgba/<k>.png`` (RGBA).
+   and written atomically as ``zero123/<i>_rgba/<k>.png`` (RGBA). Reading the frames and matting
+   and writing the views run on worker threads, beside the GPU's work.
 
 Frames whose six views exist are skipped unless ``--overwrite``. When the anchor is on and frame
 0's views exist but a later frame's do not, frame 0 is generated again to record the anchor (its
@@ -26,9 +30,12 @@ import os
 import re
 import shutil
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -39,11 +46,17 @@ from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, UserError, exit_on_user_error, quiet_hub_warnings
 from stag4d.files import save_image
 from stag4d.multiview.pipeline import RANDOMNESS, composite_on_gray, load_pipeline
-from stag4d.multiview.temporal_anchor import BLENDS, TemporalAnchor
+from stag4d.multiview.temporal_anchor import BLENDS, STORAGES, TemporalAnchor, record_bytes
 
 MATTINGS = ("rembg", "color")
 TOP_LEVEL_FRAME = re.compile(r"^(\d+)(?:_rgba)?\.png$")
 NUM_VIEWS = 6
+CUDA_BATCH_SIZE = 8  # --batch-size default on CUDA (the CPU's is 1)
+ANCHOR_RECORDS = ("auto",) + STORAGES
+# GPU memory that --anchor-records auto keeps free beside the records: denoising working memory
+# per frame of a batch, plus the rest (VAE decoding, allocator slack), both generous for 640x960
+WORKING_BYTES_PER_FRAME = 2**30
+WORKING_BYTES = 4 * 2**30
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -69,6 +82,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="pass frames without alpha to Zero123++ as they are (released) instead of matting them")
     parser.add_argument("--released", action="store_true",
                         help="the released behaviour: --anchor-blend released --randomness released --no-matte-input")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"frames after frame 0 denoised together, each with its own seeded generator "
+                             f"(default: {CUDA_BATCH_SIZE} on CUDA, 1 on the CPU)")
+    parser.add_argument("--anchor-records", choices=ANCHOR_RECORDS, default="auto",
+                        help="where frame 0's temporal-anchor records live: device (GPU memory, no copies), host "
+                             "(page-locked CPU memory, copied to the GPU at every step), auto: device when the GPU "
+                             "has room for them and the batch")
     parser.add_argument("--width", type=int, default=640, help="grid width (2 tiles; tests use small sizes)")
     parser.add_argument("--height", type=int, default=960, help="grid height (3 tiles)")
     return parser.parse_args(argv)
@@ -77,6 +97,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: give at least 1 (75 is the released setting)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: give at least 1 (1 generates the frames one by one)")
     if args.width < 2 or args.width % 2 or args.height * 2 != args.width * 3:
         raise UserError(
             f"--width {args.width} --height {args.height}: the grid is 2 x 3 square tiles, so the width must "
@@ -166,6 +188,37 @@ def frames_to_run(frames: list[tuple[int, str]], todo: set[int], anchored: bool)
     return run
 
 
+def batches(run: list[tuple[int, str]], size: int, anchored: bool) -> list[list[tuple[int, str]]]:
+    """``run`` cut into the batches generated together: with the anchor, its first frame (frame 0)
+    alone, since the others replay what it records; then ``size`` frames at a time, the last
+    batch holding what remains."""
+    head = [run[:1]] if anchored and run else []
+    rest = run[len(head):]
+    return head + [rest[k:k + size] for k in range(0, len(rest), size)]
+
+
+def anchor_storage(choice: str, pipe, args: argparse.Namespace, batch_size: int) -> str:
+    """Where the anchor's records live: ``choice``, or for ``auto`` the GPU when its free memory
+    holds the records (:func:`record_bytes`) and the batch's working memory, else the host."""
+    if choice != "auto":
+        return choice
+    if pipe.device.type != "cuda":
+        return "host"  # on the CPU both are the same memory
+    factor = pipe.vae_scale_factor
+    crop_h, crop_w = pipe.vae_preprocess.crop
+    records = record_bytes(dict(pipe.unet.config), (args.height // factor, args.width // factor),
+                           (crop_h // factor, crop_w // factor), args.steps, batch=2 if args.guidance > 1.0 else 1)
+    free, _ = torch.cuda.mem_get_info(pipe.device)
+    return "device" if free >= records + batch_size * WORKING_BYTES_PER_FRAME + WORKING_BYTES else "host"
+
+
+def raise_failed(futures: list[Future]) -> None:
+    """Raise the error of the first finished future that failed (a view that could not be written)."""
+    for future in futures:
+        if future.done():
+            future.result()
+
+
 @exit_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -187,22 +240,56 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ModelUnavailable as err:
         raise ModelUnavailable(f"--matting {args.matting}: {err}; or run gen_mv.py with --matting color (offline)") from err
     device = resolve_device(args.device or "auto")
-    with quiet_hub_warnings():
-        pipe = load_pipeline(args.model, device=device)
-    anchor = None if args.no_temporal_anchor else TemporalAnchor("record", blend=args.anchor_blend)
-    tile = args.width // 2
-    first = frames[0][0]
-    for i, file in tqdm(frames_to_run(frames, todo, anchor is not None), desc="zero123++", unit="frame"):
-        if anchor is not None:
-            anchor.set_mode("record" if i == first else "replay")
-        grid = pipe(composite_on_gray(read_frame(file, args.matting, args.matte_input)), steps=args.steps,
-                    guidance_scale=args.guidance, seed=args.seed, width=args.width, height=args.height,
-                    anchor=anchor, randomness=args.randomness)
-        if i in todo:
-            save_views(args.path, i, grid, tile, args.matting)
+    batch_size = args.batch_size or (CUDA_BATCH_SIZE if device.type == "cuda" else 1)
+    anchored = not args.no_temporal_anchor
+    run = frames_to_run(frames, todo, anchored)
+    # Worker threads keep the CPU work off the GPU's path: one reads (and mattes) the input frames
+    # ahead, from now on, while the model loads; one mattes and writes the views of generated frames.
+    reader, writer = ThreadPoolExecutor(1, "gen_mv_read"), ThreadPoolExecutor(1, "gen_mv_write")
+    writes: list[Future] = []
+    try:
+        inputs = {i: reader.submit(read_frame, file, args.matting, args.matte_input) for i, file in run}
+        begin = time.perf_counter()
+        with quiet_hub_warnings():
+            pipe = load_pipeline(args.model, device=device)
+        loaded = time.perf_counter()
+        print(f"loaded Zero123++ from {args.model} on {device} in {loaded - begin:.1f} s")
+        anchor = None
+        if anchored:
+            anchor = TemporalAnchor("record", blend=args.anchor_blend,
+                                    storage=anchor_storage(args.anchor_records, pipe, args, batch_size))
+        tile = args.width // 2
+        with tqdm(total=len(run), desc="zero123++", unit="frame") as progress:
+            for group in batches(run, batch_size, anchored):
+                if anchor is not None:
+                    anchor.set_mode("record" if group[0][0] == frames[0][0] else "replay")
+                images = [composite_on_gray(inputs.pop(i).result()) for i, _ in group]
+                try:
+                    grids = pipe.generate(images, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                                          width=args.width, height=args.height, anchor=anchor,
+                                          randomness=args.randomness)
+                except torch.cuda.OutOfMemoryError:
+                    raise UserError(
+                        f"the GPU ran out of memory denoising {len(group)} frames at once: give a smaller --batch-size "
+                        f"(now {batch_size}), or --anchor-records host to keep frame 0's records in CPU memory"
+                    ) from None
+                writes += [writer.submit(save_views, args.path, i, grid, tile, args.matting)
+                           for (i, _), grid in zip(group, grids) if i in todo]
+                raise_failed(writes)
+                progress.update(len(group))
+        for future in writes:
+            future.result()
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)  # what was generated is written, even when a later batch failed
+    seconds = time.perf_counter() - loaded
     if anchor is not None:
-        print(f"temporal anchor: {len(anchor)} records of frame {first}, {anchor.nbytes / 2**30:.2f} GiB on the CPU")
-    print(f"wrote the views of {len(todo)} frames to {os.path.join(args.path, 'zero123')}")
+        where = "on the GPU" if anchor.storage == "device" and device.type == "cuda" else "in CPU memory"
+        print(f"temporal anchor: {len(anchor)} records of frame {frames[0][0]}, {anchor.nbytes / 2**30:.2f} GiB {where}")
+    print(f"wrote the views of {len(todo)} frames to {os.path.join(args.path, 'zero123')} "
+          f"({len(run)} generated in {seconds:.1f} s, {seconds / len(run):.2f} s per frame, batches of {batch_size})")
+    if device.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
     return 0
 
 

@@ -28,8 +28,14 @@ rows; tile ``k`` at column ``k % 2``, row ``k // 2``, see :func:`cam_utils.tile_
   scaled space ``latents' = (latents - 0.22) * 0.75`` (of the VAE latents times its scaling
   factor); decoding undoes it, then undoes the image scaling: ``images = images' / 0.5 * 0.8``.
 * All randomness (condition latents, reference noise, initial latents, ancestral noise) comes
-  from one CPU ``torch.Generator`` seeded per call, so one seed gives the same frame on any
+  from one CPU ``torch.Generator`` seeded per frame, so one seed gives the same frame on any
   device (the released code seeded only part of it).
+* Several frames can be generated in one batch (:meth:`Zero123PlusPipeline.generate`): every
+  frame keeps its own generator and draws from it exactly what it draws alone, in the same order
+  and shapes; the batch is laid out branch-major, ``[uncond of every frame, cond of every frame]``,
+  so guidance is ``chunk(2)`` as for one frame. Only the UNet then computes with a larger batch,
+  which may round differently (kernels are picked by shape): a batched frame equals the frame
+  alone to float rounding (tested), bit for bit where the kernels do not depend on the batch.
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ DEFAULT_MODEL_ID = "sudo-ai/zero123plus-v1.1"
 GRAY_BACKGROUND = 127  # Zero123++'s to_rgb_image pastes RGBA onto uint8 grey 127
 OUTPUT_WIDTH, OUTPUT_HEIGHT = 640, 960
 RANDOMNESS = ("seeded", "released")
+OUTPUTS = ("uint8", "float")
 NUM_VIEWS = 6
 
 LATENT_SHIFT, LATENT_SCALE = 0.22, 0.75
@@ -197,6 +204,9 @@ class Zero123PlusPipeline:
         self.vae_preprocess, self.clip_preprocess = vae_preprocess, clip_preprocess
         self.ramping_coefficients = torch.tensor(list(ramping_coefficients), dtype=torch.float32)
         self.processors = install_reference_attention(self.unet)
+        # (shape of the VAE view, empty-prompt encoding, VAE posterior of an all-zero view): the
+        # unconditional branch's inputs, the same for every frame, so computed once (_unconditional)
+        self._unconditional_cache: tuple | None = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -231,7 +241,7 @@ class Zero123PlusPipeline:
         vae_view = self.vae_preprocess(rgb).to(self.device, self.dtype)
         clip_view = self.clip_preprocess(rgb).to(self.device, self.dtype)
         cond_lat = self.vae.encode(vae_view).latent_dist.sample(generator)
-        text = self.encode_prompt("")
+        text, negative_posterior = self._unconditional(vae_view)
         image_embeds = self.vision_encoder(clip_view).image_embeds[:, None, :]  # [1, 1, D]
         ramp = self.ramping_coefficients.to(self.device, self.dtype)[:, None]  # [T, 1]
         if ramp.shape[0] != text.shape[1]:
@@ -242,53 +252,89 @@ class Zero123PlusPipeline:
         cond_embeds = text + image_embeds * ramp
         if not guidance:
             return cond_lat, cond_embeds
-        negative_lat = self.vae.encode(torch.zeros_like(vae_view)).latent_dist.sample(generator)
+        # drawn after the condition latent, from the same generator, as when it was encoded every time
+        negative_lat = negative_posterior.sample(generator)
         return torch.cat([negative_lat, cond_lat]), torch.cat([text, cond_embeds])
 
     @torch.no_grad()
-    def __call__(
+    def _unconditional(self, vae_view: torch.Tensor):
+        """(text encoding of the empty prompt [1, T, D], VAE posterior of an all-zero view like
+        ``vae_view``): deterministic, the same for every frame, so computed once per pipeline."""
+        key = (tuple(vae_view.shape), vae_view.device, vae_view.dtype)
+        if self._unconditional_cache is None or self._unconditional_cache[0] != key:
+            posterior = self.vae.encode(torch.zeros_like(vae_view)).latent_dist
+            self._unconditional_cache = (key, self.encode_prompt(""), posterior)
+        return self._unconditional_cache[1:]
+
+    def __call__(self, rgb: np.ndarray, *, seed: int = 42, **kwargs) -> np.ndarray:
+        """The uint8 grid [height, width, 3] of six views of ``rgb`` (uint8 [H, W, 3] on grey);
+        :meth:`generate` of one frame (keyword arguments as there)."""
+        return self.generate([rgb], seed=seed, **kwargs)[0]
+
+    @torch.no_grad()
+    def generate(
         self,
-        rgb: np.ndarray,
+        images: Sequence[np.ndarray],
         *,
         steps: int = 75,
         guidance_scale: float = 4.0,
-        seed: int = 42,
+        seed: int | Sequence[int] = 42,
         width: int = OUTPUT_WIDTH,
         height: int = OUTPUT_HEIGHT,
         anchor=None,
         progress: bool = False,
         randomness: str = "seeded",
-    ) -> np.ndarray:
-        """The uint8 grid [height, width, 3] of six views of ``rgb`` (uint8 [H, W, 3] on grey).
+        output: str = "uint8",
+    ) -> list[np.ndarray]:
+        """The uint8 grids [height, width, 3] of six views of each image of ``images`` (uint8
+        [H, W, 3] on grey), denoised together as one batch.
 
+        ``seed``: one for every frame, or one per frame; each frame has its own generator.
         ``anchor``: a TemporalAnchor (or None): every self-attention call of the main passes
-        hands it its key/value input with the layer name and the step index.
-        ``randomness``: ``"seeded"`` (ours): every draw from the generator seeded with ``seed``;
-        ``"released"``: only the initial latents and the sampler's noise, as the released
-        pipeline; the condition latent and the reference noise come from torch's global RNG.
+        hands it its key/value input with the layer name, the step index and the frame count; in
+        ``record`` mode the batch must be one frame (frame 0).
+        ``randomness``: ``"seeded"`` (ours): every draw from the frame's generator seeded with
+        its seed; ``"released"``: only the initial latents and the sampler's noise, as the
+        released pipeline; the condition latents and the reference noise come from torch's
+        global RNG (one draw per frame, in batch order: independent for every frame, and, as in
+        the released code, not reproducible; so they differ from the frames generated alone).
+        ``output``: ``"uint8"`` grids, or ``"float"``: float32 in [0, 1] before the rounding (to
+        compare generations closer than one 8-bit level).
         """
         if randomness not in RANDOMNESS:
             raise ValueError(f"randomness={randomness!r}: use one of {', '.join(RANDOMNESS)}")
         from diffusers.utils.torch_utils import randn_tensor
 
+        frames = len(images)
+        seeds = [seed] * frames if isinstance(seed, int) else list(seed)
+        if frames < 1 or len(seeds) != frames:
+            raise ValueError(f"{frames} images and {len(seeds)} seeds: give at least one image and one seed each")
+        if anchor is not None and getattr(anchor, "mode", None) == "record" and frames != 1:
+            raise ValueError(f"the anchor records frame 0 alone: a batch of {frames} frames in 'record' mode")
         factor = self.vae_scale_factor
         if width % factor or height % factor:
             raise ValueError(f"output size {width}x{height} must be a multiple of {factor}")
-        generator = torch.Generator("cpu").manual_seed(seed)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         guidance = guidance_scale > 1.0
-        side_generator = generator if randomness == "seeded" else None  # None: torch's global RNG
-        cond_lat, prompt_embeds = self.condition(rgb, side_generator, guidance)
+        # None: torch's global RNG
+        side_generators = generators if randomness == "seeded" else [None] * frames
+        conditions = [self.condition(rgb, g, guidance) for rgb, g in zip(images, side_generators)]
+        cond_lat = _branch_major([lat for lat, _ in conditions])
+        prompt_embeds = _branch_major([embeds for _, embeds in conditions])
+        frame_cond_shape = conditions[0][0].shape  # [branches, 4, s, s]: one frame's share
 
         scheduler = self.make_scheduler()
         scheduler.set_timesteps(steps, device=self.device)
         shape = (1, self.unet.config.in_channels, height // factor, width // factor)
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = torch.cat([randn_tensor(shape, generator=g, device=self.device, dtype=self.dtype)
+                             for g in generators])
         latents = latents * scheduler.init_noise_sigma
 
         for step, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            noise = randn_tensor(cond_lat.shape, generator=side_generator, device=self.device, dtype=self.dtype)
+            noise = _branch_major([randn_tensor(frame_cond_shape, generator=g, device=self.device, dtype=self.dtype)
+                                   for g in side_generators])
             noisy_cond = scheduler.add_noise(cond_lat, noise, t.reshape(1))
             noisy_cond = scheduler.scale_model_input(noisy_cond, t)
 
@@ -297,20 +343,35 @@ class Zero123PlusPipeline:
                       cross_attention_kwargs=dict(ref_mode=WRITE, ref_store=ref_store))
             pred = self.unet(
                 model_input, t, encoder_hidden_states=prompt_embeds,
-                cross_attention_kwargs=dict(ref_mode=READ, ref_store=ref_store, anchor=anchor, step=step),
+                cross_attention_kwargs=dict(ref_mode=READ, ref_store=ref_store, anchor=anchor, step=step,
+                                            frames=frames),
             ).sample
             if guidance:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
-            latents = scheduler.step(pred, t, latents, generator=generator).prev_sample
-        return self.decode(latents)
+            # a list of generators: frame b's noise from generator b, of the shape it has alone
+            latents = scheduler.step(pred, t, latents, generator=generators).prev_sample
+        # one frame at a time: the full-size decoder's activations are large, and decoding alone
+        # is what the frame gets when generated alone
+        return [self.decode(latents[b:b + 1], output) for b in range(frames)]
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """uint8 image [H, W, 3] of scaled latents [1, 4, h, w]."""
+    def decode(self, latents: torch.Tensor, output: str = "uint8") -> np.ndarray:
+        """uint8 image [H, W, 3] of scaled latents [1, 4, h, w] (``output="float"``: float32 in [0, 1],
+        before the rounding to 8 bits)."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: use one of {', '.join(OUTPUTS)}")
         latents = unscale_latents(latents) / self.vae.config.scaling_factor
         image = unscale_image(self.vae.decode(latents).sample)  # [-1, 1]
         image = (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
-        return np.round(image * 255.0).astype(np.uint8)
+        return image if output == "float" else np.round(image * 255.0).astype(np.uint8)
+
+
+def _branch_major(per_frame: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[branches x frames, ...] of one [branches, ...] tensor per frame: branch 0 of every frame,
+    then branch 1 of every frame ([uncond..., cond...] with guidance)."""
+    if len(per_frame) == 1:
+        return per_frame[0]
+    return torch.stack(list(per_frame), dim=1).flatten(0, 1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,13 @@ classes with random weights, saved with ``save_pretrained`` in the real folder l
 (:func:`save_model_folder`), and the GPU benchmark times the full-size architecture
 (:data:`V11_CONFIGS`, the component configs of ``sudo-ai/zero123plus-v1.1``: a Stable Diffusion
 2 UNet and VAE, the OpenCLIP ViT-H text tower cut to 23 layers and the ViT-H/14 vision tower).
+
+``python -m stag4d.multiview.random_model OUT [--tiny] [--fp16]`` writes such a folder, which
+``gen_mv.py --model OUT`` loads like the real one (whole-command timings, offline runs).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -147,14 +151,18 @@ def load_tokenizer(folder: str):
     return CLIPTokenizer.from_pretrained(folder)
 
 
-def save_model_folder(folder: str, configs: dict = TINY_CONFIGS, seed: int = 0) -> str:
-    """Write a random Zero123++ model in the diffusers folder layout of ``sudo-ai/zero123plus-v1.1``."""
+def save_model_folder(folder: str, configs: dict = TINY_CONFIGS, seed: int = 0,
+                      dtype: torch.dtype = torch.float32, device="cpu") -> str:
+    """Write a random Zero123++ model in the diffusers folder layout of ``sudo-ai/zero123plus-v1.1``.
+
+    ``dtype``: of the stored weights; ``device``: where they are initialized (see build_models).
+    """
     from diffusers import EulerAncestralDiscreteScheduler
     from transformers import CLIPImageProcessor
 
     os.makedirs(folder, exist_ok=True)
-    for name, model in build_models(configs, seed).items():
-        model.save_pretrained(os.path.join(folder, name))
+    for name, model in build_models(configs, seed, device=device).items():
+        model.to("cpu", dtype).save_pretrained(os.path.join(folder, name))
     write_tokenizer(os.path.join(folder, "tokenizer"), configs["model_max_length"])
     EulerAncestralDiscreteScheduler(**configs["scheduler"]).save_pretrained(os.path.join(folder, "scheduler"))
     for name in ("feature_extractor_vae", "feature_extractor_clip"):
@@ -201,3 +209,26 @@ def build_pipeline(configs: dict, device, dtype, tokenizer_folder: str, seed: in
 def tiny_configs() -> dict:
     """A deep copy of :data:`TINY_CONFIGS` to modify."""
     return copy.deepcopy(TINY_CONFIGS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stag4d.multiview.random_model OUT [--tiny] [--fp16]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m stag4d.multiview.random_model",
+        description="Write a random-weight Zero123++ v1.1 in its diffusers folder layout; gen_mv.py --model OUT "
+                    "loads it like the real model (offline runs, speed measurements; its views are noise).")
+    parser.add_argument("out", help="folder to write (created)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test model instead of v1.1's size")
+    parser.add_argument("--fp16", action="store_true", help="store float16 weights (as gen_mv runs them on CUDA)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the weights are initialized (the full size takes minutes on a CPU)")
+    args = parser.parse_args(argv)
+    save_model_folder(args.out, TINY_CONFIGS if args.tiny else V11_CONFIGS, args.seed,
+                      torch.float16 if args.fp16 else torch.float32, args.device)
+    print(f"random-weight Zero123++ ({'tiny' if args.tiny else 'v1.1 size'}, "
+          f"{'fp16' if args.fp16 else 'fp32'}) written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

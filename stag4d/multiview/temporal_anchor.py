@@ -2,10 +2,12 @@
 
 While frame 0 is generated, every self-attention call of the denoising UNet (every ``attn1``
 layer, every step) hands its key/value input to a :class:`TemporalAnchor` in mode ``"record"``:
-own tokens ``[B, L, C]`` followed by the reference tokens ``[B, Lr, C]``. The record is kept on the
-CPU in fp16. For every later frame the same call, in mode ``"replay"``, replaces the own-token
-part by the mean of its own tokens and frame 0's recorded own tokens; the reference part is left
-alone. Mode ``"off"`` passes everything through (plain Zero123++).
+own tokens ``[B, L, C]`` followed by the reference tokens ``[B, Lr, C]``. The record is kept in
+fp16 on the CPU (``storage="host"``) or on the GPU it comes from (``storage="device"``); both hold
+the same values, so where they live changes speed and memory only. For every later frame the same
+call, in mode ``"replay"``, replaces the own-token part by the mean of its own tokens and frame
+0's recorded own tokens; the reference part is left alone. Mode ``"off"`` passes everything
+through (plain Zero123++).
 
 The state is explicit: the script creates one anchor, passes it to every generation and switches
 its mode; nothing lives at module level. Records are keyed by ``(layer name, step index)``, so
@@ -16,6 +18,11 @@ counts, so any output size works.
 Classifier-free guidance runs the unconditional and the conditional branch as one batch
 ``[uncond, cond]``; a record holds the whole batch and the replay averages element ``b`` with
 recorded element ``b``, so each branch is anchored to the same branch of frame 0.
+
+Several later frames can be replayed in one batch (``frames=N``): the pipeline lays the batch out
+branch-major, ``[uncond_1..uncond_N, cond_1..cond_N]``, and the replay broadcasts the recorded
+``[uncond, cond]`` over the N frames of each branch (a view, no copy of the record per frame), so
+every frame gets exactly the blend it would get alone. Frame 0 is recorded alone (``frames=1``).
 
 Memory of the records (:func:`record_bytes`): steps x batch x 2 bytes x sum over the ``attn1``
 calls of one pass of (L + Lr) x C. For v1.1 at full size (640x960 output = 120x80 latent,
@@ -31,6 +38,7 @@ import torch
 
 MODES = ("off", "record", "replay")
 BLENDS = ("own", "released")
+STORAGES = ("host", "device")
 RELEASED_TOKENS_AT_320 = 9600  # the released processor's replace_dim at 320 channels (80 x 120 latents)
 
 
@@ -43,10 +51,13 @@ class TemporalAnchor:
 
     Args:
         mode: ``"record"`` (frame 0), ``"replay"`` (later frames) or ``"off"``.
-        storage_dtype: dtype of the records on the CPU (fp16 as in the released code).
-        pin_memory: keep records in page-locked memory when they come from a GPU, so that the
-            copies to and from the GPU run as DMA without staging (the copy to the CPU does not
-            even stall the GPU). ``None``: pin when CUDA is available.
+        storage_dtype: dtype of the records (fp16 as in the released code).
+        storage: ``"host"``: the records live on the CPU (8.82 GiB at full size), copied to the
+            GPU at every replayed call; ``"device"``: they stay on the device of the key/value
+            input that was recorded (no copies; costs that much GPU memory). Same values.
+        pin_memory: keep host records in page-locked memory when they come from a GPU, so that
+            the copies to and from the GPU run as DMA without staging (the copy to the CPU does
+            not even stall the GPU). ``None``: pin when CUDA is available.
         blend: ``"own"`` (ours): average the own tokens (L, from the hidden states) with frame
             0's; ``"released"``: average the first ``int(9600 / (C // 320) ** 2)`` tokens of the
             whole key/value input, as the released processor; that is the own tokens of every
@@ -55,14 +66,17 @@ class TemporalAnchor:
     """
 
     def __init__(self, mode: str = "record", storage_dtype: torch.dtype = torch.float16,
-                 pin_memory: bool | None = None, blend: str = "own"):
+                 pin_memory: bool | None = None, blend: str = "own", storage: str = "host"):
         if blend not in BLENDS:
             raise ValueError(f"blend={blend!r}: use one of {', '.join(BLENDS)}")
+        if storage not in STORAGES:
+            raise ValueError(f"storage={storage!r}: use one of {', '.join(STORAGES)}")
         self.blend = blend
+        self.storage = storage
         self.mode = _check_mode(mode)
         self.storage_dtype = storage_dtype
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        # (layer name, step) -> (own tokens [B, L, C], reference tokens [B, Lr, C]) on the CPU.
+        # (layer name, step) -> (own tokens [B, L, C], reference tokens [B, Lr, C]) where ``storage`` says.
         # The two parts are stored apart so that the part a replay reads is one contiguous block.
         self.records: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._arena = PinnedArena()
@@ -89,9 +103,9 @@ class TemporalAnchor:
 
     def recorded_kv(self, layer: str, step: int) -> torch.Tensor:
         """Frame 0's key/value input [B, L + Lr, C] of one call, as recorded (on the CPU)."""
-        return torch.cat(self.records[(layer, step)], dim=1)
+        return torch.cat(self.records[(layer, step)], dim=1).cpu()
 
-    def __call__(self, layer: str, step: int, kv_input: torch.Tensor, own_tokens: int) -> torch.Tensor:
+    def __call__(self, layer: str, step: int, kv_input: torch.Tensor, own_tokens: int, frames: int = 1) -> torch.Tensor:
         """The key/value input [B, L + Lr, C] this self-attention call should use.
 
         Args:
@@ -99,11 +113,14 @@ class TemporalAnchor:
             step: denoising step index.
             kv_input: own tokens [B, L, C] followed by the reference tokens [B, Lr, C].
             own_tokens: L, the token count of the hidden states the call attends from.
+            frames: how many frames the batch holds, branch-major (B = branches x frames).
         """
         if self.mode == "off":
             return kv_input
         key = (layer, step)
         if self.mode == "record":
+            if frames != 1:
+                raise ValueError(f"record frame 0 alone (frames=1), got frames={frames}")
             if key in self.records:
                 raise AnchorMismatch(
                     f"{layer} at step {step} was recorded twice: clear() the anchor before recording another frame 0"
@@ -111,10 +128,14 @@ class TemporalAnchor:
             kv = kv_input.detach()
             self.records[key] = (self._store(kv[:, :own_tokens]), self._store(kv[:, own_tokens:]))
             return kv_input
-        return self._replay(key, kv_input, own_tokens)
+        return self._replay(key, kv_input, own_tokens, frames)
 
     def _store(self, part: torch.Tensor) -> torch.Tensor:
-        """Copy [B, n, C] to a contiguous CPU tensor in ``storage_dtype`` (asynchronously when pinned)."""
+        """Copy [B, n, C] to a contiguous tensor in ``storage_dtype``: on the CPU (asynchronously when
+        pinned) or, with ``storage="device"``, on the part's own device."""
+        if self.storage == "device":
+            # a new tensor, never a view: a view would keep the whole key/value input alive
+            return torch.empty(part.shape, dtype=self.storage_dtype, device=part.device).copy_(part)
         pin = self.pin_memory and part.is_cuda
         if pin:
             out = self._arena.take(part.shape, self.storage_dtype)
@@ -125,30 +146,42 @@ class TemporalAnchor:
         out.copy_(part, non_blocking=pin)
         return out
 
-    def _replay(self, key: tuple[str, int], kv_input: torch.Tensor, own_tokens: int) -> torch.Tensor:
+    def _replay(self, key: tuple[str, int], kv_input: torch.Tensor, own_tokens: int, frames: int) -> torch.Tensor:
         if key not in self.records:
             raise AnchorMismatch(
                 f"no frame-0 record for {key[0]} at step {key[1]}: generate frame 0 with the anchor in "
                 "'record' mode first, with the same number of steps"
             )
-        recorded_own, _ = self.records[key]
-        if tuple(recorded_own.shape) != (kv_input.shape[0], own_tokens, kv_input.shape[2]):
+        recorded_own, recorded_ref = self.records[key]
+        branches = recorded_own.shape[0]  # 2 with classifier-free guidance ([uncond, cond]), else 1
+        if frames < 1 or kv_input.shape[0] != branches * frames or \
+                tuple(recorded_own.shape[1:]) != (own_tokens, kv_input.shape[2]):
             raise AnchorMismatch(
-                f"{key[0]} at step {key[1]}: frame 0 recorded own tokens {tuple(recorded_own.shape)}, this frame "
-                f"has {(kv_input.shape[0], own_tokens, kv_input.shape[2])}: use the same output size and "
-                "guidance for every frame"
+                f"{key[0]} at step {key[1]}: frame 0 recorded own tokens {tuple(recorded_own.shape)}, this batch of "
+                f"{frames} frame(s) has {(kv_input.shape[0], own_tokens, kv_input.shape[2])}: use the same output "
+                "size and guidance for every frame"
             )
-        # Contiguous and pinned: one DMA copy (measured: prefetching it on a side stream saved
-        # nothing within noise at full size on an H100).
-        frame0_own = recorded_own.to(kv_input.device, kv_input.dtype, non_blocking=True)
+        # Host records: contiguous and pinned, one DMA copy per call (measured: prefetching it on a
+        # side stream saved nothing within noise at full size on an H100); device records in the
+        # compute dtype: no copy at all.
+        frame0 = _to_input(recorded_own, kv_input)
+        count = own_tokens
         if self.blend == "released":
             count = min(released_blend_tokens(kv_input.shape[2]), kv_input.shape[1])
-            frame0 = torch.cat([frame0_own, self.records[key][1].to(kv_input.device, kv_input.dtype,
-                                                                     non_blocking=True)], dim=1)
-            blended = (frame0[:, :count] + kv_input[:, :count]) / 2
-            return torch.cat([blended, kv_input[:, count:]], dim=1)
-        own = (kv_input[:, :own_tokens] + frame0_own) / 2
-        return torch.cat([own, kv_input[:, own_tokens:]], dim=1)
+            if count > own_tokens:  # the mid-block at full size: reference tokens too
+                frame0 = torch.cat([frame0, _to_input(recorded_ref, kv_input)], dim=1)
+            frame0 = frame0[:, :count]
+        if frames == 1:
+            blended = (kv_input[:, :count] + frame0) / 2
+        else:  # [branches * frames, ...] -> [branches, frames, ...]; the record broadcasts over the frames
+            grouped = kv_input.unflatten(0, (branches, frames))
+            blended = ((grouped[:, :, :count] + frame0[:, None]) / 2).flatten(0, 1)
+        return torch.cat([blended, kv_input[:, count:]], dim=1)
+
+
+def _to_input(record: torch.Tensor, kv_input: torch.Tensor) -> torch.Tensor:
+    """``record`` on the device and in the dtype of ``kv_input`` (itself when it already is)."""
+    return record.to(kv_input.device, kv_input.dtype, non_blocking=True)
 
 
 class PinnedArena:
