@@ -2,7 +2,8 @@
 
 * Geometry: at each exported time, the mesh's silhouette (our z-buffer rasterizer,
   :mod:`.mesh_render`) against the Gaussians' ``alpha > 0.5`` (the project's rasterizer) at the
-  reference camera and every anchor camera of the run: mask IoU.
+  reference camera and every anchor camera of the run: mask IoU. Colour (reported): the mesh's
+  colours (vertex colours or texture, unshaded) against the Gaussians' where both cover a pixel: PSNR.
 * Motion (the check): each vertex paired with the visible Gaussian (opacity >= 1/255) whose centre
   is nearest to it at the reference frame (where the mesh was extracted); at each exported time,
   the mean over the vertices of ``|(v(t) - v(ref)) - (mu(t) - mu(ref))|``, how far each vertex has
@@ -66,22 +67,43 @@ def check_cameras(camera: CameraConfig, ref_size: int, anchor_size: int, device:
 
 
 @torch.no_grad()
-def silhouette_ious(model, positions: np.ndarray, faces: np.ndarray, times: Sequence[float],
-                    cameras: Sequence[NamedCamera], backend: str = "auto", progress: bool = True) -> np.ndarray:
+def compare_renders(model, positions: np.ndarray, faces: np.ndarray, times: Sequence[float],
+                    cameras: Sequence[NamedCamera], backend: str = "auto", progress: bool = True,
+                    colors: Optional[np.ndarray] = None, uvs: Optional[np.ndarray] = None,
+                    texture: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """IoU [F, C] of the mesh's silhouette (``positions[f]``, ``faces``) and the Gaussians' alpha > 0.5
-    at ``times[f]`` seen by each camera."""
+    at ``times[f]`` seen by each camera; with colours (vertex ``colors``, or ``uvs`` and a
+    ``texture``) also the colour PSNR [F, C] (dB) where both cover the pixel: the mesh unshaded
+    against the Gaussians' colour C / alpha (not blended with a background)."""
     device = model.device
     faces_t = torch.as_tensor(faces, device=device)
-    background = torch.ones(3, device=device)
-    out = np.zeros((len(times), len(cameras)))
+    colors_t = None if colors is None else torch.as_tensor(colors, device=device)
+    uvs_t = None if uvs is None else torch.as_tensor(uvs, device=device)
+    texture_t = None if texture is None else torch.as_tensor(np.array(texture), device=device)
+    coloured = colors_t is not None or texture_t is not None
+    black = torch.zeros(3, device=device)
+    ious = np.zeros((len(times), len(cameras)))
+    psnr = np.zeros((len(times), len(cameras))) if coloured else None
     for f, time in enumerate(tqdm(times, desc="silhouettes", unit="frame", disable=not progress, leave=False)):
         gaussians = model.gaussians_at(float(time))
         vertices = torch.as_tensor(positions[f], device=device)
         for c, named in enumerate(cameras):
-            alpha = render(gaussians, named.camera.with_time(float(time)), background, backend=backend).alpha[0]
-            mesh_mask = rasterize(vertices, faces_t, named.camera).mask
-            out[f, c] = float(mask_iou(mesh_mask.float().cpu(), alpha.cpu()))
-    return out
+            rendered = render(gaussians, named.camera.with_time(float(time)), black, backend=backend)
+            alpha = rendered.alpha[0]
+            mesh = rasterize(vertices, faces_t, named.camera, colors_t, shading=0.0, uvs=uvs_t, texture=texture_t)
+            ious[f, c] = float(mask_iou(mesh.mask.float().cpu(), alpha.cpu()))
+            if coloured:
+                both = mesh.mask & (alpha > 0.5)
+                gaussian_rgb = (rendered.image / alpha.clamp_min(1e-6)).clamp(0.0, 1.0)
+                error = float(((mesh.image - gaussian_rgb)[:, both] ** 2).mean()) if bool(both.any()) else 1.0
+                psnr[f, c] = -10.0 * np.log10(max(error, 1e-10))
+    return ious, psnr
+
+
+def silhouette_ious(model, positions: np.ndarray, faces: np.ndarray, times: Sequence[float],
+                    cameras: Sequence[NamedCamera], backend: str = "auto", progress: bool = True) -> np.ndarray:
+    """IoU [F, C] of the mesh's silhouette and the Gaussians' alpha > 0.5 (:func:`compare_renders`)."""
+    return compare_renders(model, positions, faces, times, cameras, backend, progress)[0]
 
 
 def visible_centres(model, times: Sequence[float], chunk: int = 8) -> np.ndarray:
@@ -151,13 +173,17 @@ def reextraction_distances(positions: np.ndarray, faces: np.ndarray, frames: Seq
 
 
 def mesh_contact_sheet(positions: np.ndarray, faces: np.ndarray, colors: np.ndarray, rows: Sequence[int],
-                       labels: Sequence[str], azimuths: Sequence[float], camera: CameraConfig, size: int) -> np.ndarray:
-    """uint8 image: the mesh at frames ``rows`` (one row each, labelled) seen from ``azimuths``."""
+                       labels: Sequence[str], azimuths: Sequence[float], camera: CameraConfig, size: int,
+                       uvs: Optional[np.ndarray] = None, texture: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 image: the mesh at frames ``rows`` (one row each, labelled) seen from ``azimuths``
+    (coloured by the texture when given, else by the vertex colours)."""
     faces_t = torch.as_tensor(faces)
     colors_t = torch.as_tensor(colors)
+    uvs_t = None if uvs is None else torch.as_tensor(uvs)
+    texture_t = None if texture is None else torch.as_tensor(texture)
     tiles = np.stack([
         np.stack([video.to_uint8(rasterize(torch.as_tensor(positions[r]), faces_t, camera.orbit(0.0, a, size),
-                                           colors_t).image) for a in azimuths])
+                                           colors_t, uvs=uvs_t, texture=texture_t).image) for a in azimuths])
         for r in rows])
     return video.contact_sheet(tiles, list(labels), [f"azimuth {a:g}" for a in azimuths])
 
@@ -166,15 +192,17 @@ def drift_summary(drift: dict[str, np.ndarray], reference: int) -> dict:
     """The motion check's verdict and numbers for one mesh (JSON-able)."""
     relative = drift["mean"] / drift["size"]
     ratio = follow_ratio(drift)
-    return {"reference_frame": reference, "max_relative": float(relative.max()), "mean_relative": float(relative.mean()),
-            "follow_ratio": ratio, "pass": bool(relative.max() <= MOTION_MAX and ratio <= FOLLOW_MAX),
+    return {"reference_frame": reference, "max_relative": float(relative.max()),
+            "mean_relative": float(relative.mean()), "follow_ratio": ratio,
+            "pass": bool(relative.max() <= MOTION_MAX and ratio <= FOLLOW_MAX),
             "per_frame_relative": relative.round(5).tolist(),
             "gaussian_motion_relative": (drift["motion"] / drift["size"]).round(5).tolist()}
 
 
 def summarize(ious: np.ndarray, camera_names: Sequence[str], drift: dict[str, np.ndarray], reference: int,
               static_drift: dict[str, np.ndarray], nearest: dict[str, np.ndarray], times: Sequence[float],
-              reextraction: Optional[dict] = None, reextraction_frames: Sequence[int] = ()) -> dict:
+              reextraction: Optional[dict] = None, reextraction_frames: Sequence[int] = (),
+              psnr: Optional[np.ndarray] = None) -> dict:
     """The checks' numbers as a JSON-able dict (per frame and per camera, and the worst cases).
 
     ``drift``: :func:`drift_distances` of the animated mesh from ``reference``; ``static_drift``:
@@ -200,6 +228,9 @@ def summarize(ious: np.ndarray, camera_names: Sequence[str], drift: dict[str, np
         },
         "times": [float(t) for t in times],
     }
+    if psnr is not None:
+        out["color_psnr"] = {"mean": float(psnr.mean()), "min": float(psnr.min()),
+                             "per_camera": psnr.mean(axis=0).round(3).tolist()}
     if reextraction is not None:
         fresh = reextraction["mean"] / reextraction["size"]
         fresh_static = reextraction["static"] / reextraction["size"]
@@ -212,5 +243,6 @@ def summarize(ious: np.ndarray, camera_names: Sequence[str], drift: dict[str, np
 
 
 __all__ = ["CHAMFER_SAMPLES", "FOLLOW_MAX", "IOU_MIN", "MOTION_MAX", "STILL", "NamedCamera", "check_cameras",
+           "compare_renders",
            "drift_distances", "drift_summary", "follow_ratio", "mesh_contact_sheet", "nearest_centre_distances",
            "reextraction_distances", "silhouette_ious", "summarize", "surface_distance", "visible_centres"]
