@@ -15,17 +15,23 @@ Layout (glTF 2.0, written with pygltflib):
   neighbouring frames (smooth playback at any display rate); ``STEP`` shows each frame for 1/fps;
 * the material is unlit (``KHR_materials_unlit``): the Gaussians' colours already hold the
   lighting they were trained with; viewers without the extension fall back to a matte white
-  PBR material times the vertex colours.
+  PBR material times the vertex colours;
+* with a texture (``texture=uv``): ``TEXCOORD_0`` instead of ``COLOR_0``, and the material's
+  ``baseColorTexture`` is a PNG (sRGB, as glTF defines base colour textures) stored in the
+  binary chunk, sampled with linear filtering and mipmaps, clamped at the edges.
 
 :func:`read_animated_glb` reads such a file back (pygltflib) into arrays, for the checks and tests.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import pygltflib
+import torch
+from PIL import Image as PILImage
 from pygltflib import (
     GLTF2,
     Accessor,
@@ -37,15 +43,20 @@ from pygltflib import (
     Attributes,
     Buffer,
     BufferView,
+    Image,
     Material,
     Mesh,
     Node,
     PbrMetallicRoughness,
     Primitive,
+    Sampler,
     Scene,
+    Texture,
+    TextureInfo,
 )
 
 from stag4d.errors import DataError
+from stag4d.export.mesh_render import sample_texture
 from stag4d.files import atomic_path
 
 INTERPOLATIONS = ("linear", "step")
@@ -103,18 +114,34 @@ class _BinaryBuilder:
         self.accessors.append(accessor)
         return len(self.accessors) - 1
 
+    def add_bytes(self, data: bytes) -> int:
+        """A buffer view of raw bytes (an image); returns its index."""
+        self.views.append(BufferView(buffer=0, byteOffset=self.offset, byteLength=len(data)))
+        padding = (-len(data)) % 4
+        self.chunks.append(data + b"\0" * padding)
+        self.offset += len(data) + padding
+        return len(self.views) - 1
+
     def blob(self) -> bytes:
         return b"".join(self.chunks)
 
 
-def build_animated_gltf(positions: np.ndarray, normals: np.ndarray, faces: np.ndarray, colors: np.ndarray,
+def png_bytes(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    PILImage.fromarray(image).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def build_animated_gltf(positions: np.ndarray, normals: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray],
                         fps: float, interpolation: str = "linear", name: str = "stag4d",
-                        extras: Optional[dict] = None) -> GLTF2:
+                        extras: Optional[dict] = None, uvs: Optional[np.ndarray] = None,
+                        texture: Optional[np.ndarray] = None) -> GLTF2:
     """The glTF document (see the module docstring) of F frames.
 
     Args:
         positions: [F, V, 3] per frame. normals: [V, 3] of frame 0. faces: [T, 3] vertex indices.
-        colors: [V, 3] sRGB in [0, 1].
+        colors: [V, 3] sRGB in [0, 1] (vertex colours), or None with a texture.
+        uvs, texture: [V, 2] texture coordinates and a uint8 sRGB image [H, W, 3] (instead of colours).
         fps: playback rate. interpolation: ``linear`` or ``step``.
         extras: JSON-able values stored in the asset's ``extras`` (times, source run).
     """
@@ -124,13 +151,18 @@ def build_animated_gltf(positions: np.ndarray, normals: np.ndarray, faces: np.nd
     builder = _BinaryBuilder()
     base_position = positions[0].astype(np.float32)
     base_normal = normals.astype(np.float32)
-    # 16-bit: 8-bit linear values would band the dark sRGB tones (steps of up to 0.05)
-    rgba = np.concatenate([np.round(srgb_to_linear(colors) * 65535.0), np.full((len(colors), 1), 65535.0)], axis=1)
+    if (texture is None) == (colors is None) or (texture is None) != (uvs is None):
+        raise ValueError("give either vertex colours or uvs and a texture")
     attributes = Attributes(
         POSITION=builder.add(base_position, "VEC3", pygltflib.ARRAY_BUFFER, bounds=True),
         NORMAL=builder.add(base_normal, "VEC3", pygltflib.ARRAY_BUFFER),
-        COLOR_0=builder.add(rgba.astype(np.uint16), "VEC4", pygltflib.ARRAY_BUFFER, normalized=True),
     )
+    if texture is None:
+        # 16-bit: 8-bit linear values would band the dark sRGB tones (steps of up to 0.05)
+        rgba = np.concatenate([np.round(srgb_to_linear(colors) * 65535.0), np.full((len(colors), 1), 65535.0)], axis=1)
+        attributes.COLOR_0 = builder.add(rgba.astype(np.uint16), "VEC4", pygltflib.ARRAY_BUFFER, normalized=True)
+    else:
+        attributes.TEXCOORD_0 = builder.add(uvs.astype(np.float32), "VEC2", pygltflib.ARRAY_BUFFER)
     indices = builder.add(faces.astype(np.uint32).reshape(-1), "SCALAR", pygltflib.ELEMENT_ARRAY_BUFFER, bounds=True)
     targets = []
     for i in range(num_frames):
@@ -141,9 +173,15 @@ def build_animated_gltf(positions: np.ndarray, normals: np.ndarray, faces: np.nd
     time_accessor = builder.add(key_times, "SCALAR", bounds=True, name="keyframe_times")
     weight_accessor = builder.add(key_weights.reshape(-1), "SCALAR", name="keyframe_weights")
 
-    material = Material(name="gaussian_colors", doubleSided=True, extensions={UNLIT: {}},
-                        pbrMetallicRoughness=PbrMetallicRoughness(baseColorFactor=[1.0, 1.0, 1.0, 1.0],
-                                                                  metallicFactor=0.0, roughnessFactor=1.0))
+    pbr = PbrMetallicRoughness(baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0, roughnessFactor=1.0)
+    images, textures, samplers = [], [], []
+    if texture is not None:
+        images = [Image(bufferView=builder.add_bytes(png_bytes(texture)), mimeType="image/png", name="colors")]
+        samplers = [Sampler(magFilter=pygltflib.LINEAR, minFilter=pygltflib.LINEAR_MIPMAP_LINEAR,
+                            wrapS=pygltflib.CLAMP_TO_EDGE, wrapT=pygltflib.CLAMP_TO_EDGE)]
+        textures = [Texture(sampler=0, source=0)]
+        pbr.baseColorTexture = TextureInfo(index=0)
+    material = Material(name="gaussian_colors", doubleSided=True, extensions={UNLIT: {}}, pbrMetallicRoughness=pbr)
     primitive = Primitive(attributes=attributes, indices=indices, material=0, mode=pygltflib.TRIANGLES,
                           targets=targets)
     mesh = Mesh(name=name, primitives=[primitive], weights=[0.0] * num_frames,
@@ -156,16 +194,18 @@ def build_animated_gltf(positions: np.ndarray, normals: np.ndarray, faces: np.nd
     gltf = GLTF2(asset=Asset(generator="stag4d export", version="2.0", extras=extras or {}),
                  scene=0, scenes=[Scene(nodes=[0])], nodes=[Node(mesh=0, name=name)], meshes=[mesh],
                  materials=[material], animations=[animation], accessors=builder.accessors,
-                 bufferViews=builder.views, buffers=[Buffer(byteLength=len(blob))], extensionsUsed=[UNLIT])
+                 bufferViews=builder.views, buffers=[Buffer(byteLength=len(blob))], extensionsUsed=[UNLIT],
+                 images=images, textures=textures, samplers=samplers)
     gltf.set_binary_blob(blob)
     return gltf
 
 
-def write_animated_glb(path: str, positions: np.ndarray, normals: np.ndarray, faces: np.ndarray, colors: np.ndarray,
-                       fps: float, interpolation: str = "linear", name: str = "stag4d",
-                       extras: Optional[dict] = None) -> None:
+def write_animated_glb(path: str, positions: np.ndarray, normals: np.ndarray, faces: np.ndarray,
+                       colors: Optional[np.ndarray], fps: float, interpolation: str = "linear", name: str = "stag4d",
+                       extras: Optional[dict] = None, uvs: Optional[np.ndarray] = None,
+                       texture: Optional[np.ndarray] = None) -> None:
     """Write :func:`build_animated_gltf`'s document as a binary glTF (.glb) file, atomically."""
-    gltf = build_animated_gltf(positions, normals, faces, colors, fps, interpolation, name, extras)
+    gltf = build_animated_gltf(positions, normals, faces, colors, fps, interpolation, name, extras, uvs, texture)
     with atomic_path(path) as tmp:
         gltf.save_binary(tmp)
 
@@ -176,7 +216,8 @@ class AnimatedMesh:
 
     Attributes:
         positions [F, V, 3]: base + target i (what a viewer shows at weight 1 on target i);
-        normals [V, 3] (frame 0); faces [T, 3]; colors [V, 3] sRGB in [0, 1];
+        normals [V, 3] (frame 0); faces [T, 3]; colors [V, 3] sRGB in [0, 1] (with a texture: the
+        texture sampled at the vertices); uvs [V, 2] and texture uint8 [H, W, 3], or None;
         key_times [K] seconds; key_weights [K, F]; interpolation ``linear`` / ``step``;
         num_targets; duration (the last key time); extras (the asset's extras).
     """
@@ -189,6 +230,8 @@ class AnimatedMesh:
     key_weights: np.ndarray
     interpolation: str
     extras: dict
+    uvs: Optional[np.ndarray] = None
+    texture: Optional[np.ndarray] = None
 
     @property
     def num_targets(self) -> int:
@@ -224,15 +267,24 @@ def read_animated_glb(path: str) -> AnimatedMesh:
     base_normal = read_accessor(gltf, primitive.attributes.NORMAL).astype(np.float32)
     targets = [t if isinstance(t, dict) else t.__dict__ for t in primitive.targets]  # pygltflib loads dicts
     positions = np.stack([base + read_accessor(gltf, t["POSITION"]) for t in targets])
-    rgba = read_accessor(gltf, primitive.attributes.COLOR_0)
-    scale = float(np.iinfo(rgba.dtype).max) if rgba.dtype != np.float32 else 1.0
-    colors = linear_to_srgb(rgba[:, :3].astype(np.float64) / scale).astype(np.float32)
+    uvs = texture = None
+    if primitive.attributes.TEXCOORD_0 is not None:
+        uvs = read_accessor(gltf, primitive.attributes.TEXCOORD_0).astype(np.float32)
+        source = gltf.textures[gltf.materials[primitive.material].pbrMetallicRoughness.baseColorTexture.index].source
+        view = gltf.bufferViews[gltf.images[source].bufferView]
+        data = gltf.binary_blob()[view.byteOffset or 0:(view.byteOffset or 0) + view.byteLength]
+        texture = np.array(PILImage.open(io.BytesIO(data)).convert("RGB"))
+        colors = sample_texture(torch.as_tensor(texture), torch.as_tensor(uvs)).numpy()
+    else:
+        rgba = read_accessor(gltf, primitive.attributes.COLOR_0)
+        scale = float(np.iinfo(rgba.dtype).max) if rgba.dtype != np.float32 else 1.0
+        colors = linear_to_srgb(rgba[:, :3].astype(np.float64) / scale).astype(np.float32)
     faces = read_accessor(gltf, primitive.indices).reshape(-1, 3).astype(np.int64)
     key_times = read_accessor(gltf, sampler.input)
     key_weights = read_accessor(gltf, sampler.output).reshape(len(key_times), -1)
     extras = gltf.asset.extras or {}
     return AnimatedMesh(positions, base_normal, faces, colors, key_times, key_weights, sampler.interpolation.lower(),
-                        dict(extras))
+                        dict(extras), uvs, texture)
 
 
 def frame_weights(mesh: AnimatedMesh, seconds: float) -> np.ndarray:

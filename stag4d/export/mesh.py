@@ -51,12 +51,14 @@ class SurfaceMesh:
 
     Attributes:
         vertices [V, 3] float32; faces [F, 3] int64 (counter-clockwise seen from outside);
-        colors [V, 3] float32 RGB in [0, 1] (display values, as the Gaussians render them).
+        colors [V, 3] float32 RGB in [0, 1] (display values, as the Gaussians render them);
+        color_field: the colour grid the colours were sampled from (kept to bake a texture).
     """
 
     vertices: np.ndarray
     faces: np.ndarray
     colors: np.ndarray
+    color_field: ColorField | None = None
 
     @property
     def num_faces(self) -> int:
@@ -130,9 +132,23 @@ def sample_colors(color_grid: Tensor, box: GridBox, vertices: np.ndarray) -> np.
     return colors.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
+@dataclass
+class ColorField:
+    """The colour grid [X, Y, Z, 4] (C, A) of :func:`.occupancy.occupancy_grid` on its ``box``."""
+
+    grid: Tensor
+    box: GridBox
+
+    def at(self, points: np.ndarray) -> np.ndarray:
+        """Colours [P, 3] in [0, 1] at world points, as :func:`sample_colors`."""
+        return sample_colors(self.grid, self.box, points)
+
+
 def extract_surface(cloud: GaussianCloud, resolution: int, density_threshold: float, max_faces: int,
-                    min_component: float, bounds: float | None = None, progress: bool = True) -> SurfaceMesh:
-    """The coloured, cleaned, decimated surface ``occupancy == density_threshold`` of ``cloud``."""
+                    min_component: float, bounds: float | None = None, progress: bool = True,
+                    keep_colors: bool = False) -> SurfaceMesh:
+    """The coloured, cleaned, decimated surface ``occupancy == density_threshold`` of ``cloud``
+    (with its colour grid when ``keep_colors``, for baking a texture)."""
     box = object_box(cloud, resolution, bounds)
     occupancy, color_grid = occupancy_grid(cloud, box, progress=progress)
     field = fill_cavities(occupancy.cpu().numpy(), density_threshold)
@@ -141,8 +157,8 @@ def extract_surface(cloud: GaussianCloud, resolution: int, density_threshold: fl
     if not len(mesh.faces):
         raise EmptySurface("no faces are left after cleaning; lower min_component or density_threshold")
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
-    return SurfaceMesh(vertices, np.asarray(mesh.faces, dtype=np.int64),
-                       sample_colors(color_grid, box, vertices))
+    return SurfaceMesh(vertices, np.asarray(mesh.faces, dtype=np.int64), sample_colors(color_grid, box, vertices),
+                       ColorField(color_grid, box) if keep_colors else None)
 
 
 @torch.no_grad()
@@ -240,6 +256,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 __all__ = [
     "ANIMATIONS",
     "MOTION_SMOOTHING",
+    "ColorField",
     "SKIN_NEIGHBOURS",
     "EmptySurface",
     "Skinning",

@@ -38,7 +38,8 @@ def _edge(ax, ay, bx, by, px, py):
     return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
 
 
-def _covered_pairs(tri_uv: Tensor, tri_z: Tensor, near: float, width: int, height: int, pair_budget: int):
+def covered_pairs(tri_uv: Tensor, tri_z: Tensor, near: float, width: int, height: int,
+                  pair_budget: int = PAIR_BUDGET):
     """Yield (pixel [P], face [P], depth [P]) of the covered (triangle, pixel) pairs, chunk by chunk
     (the same values in the same order on every call)."""
     device = tri_uv.device
@@ -78,12 +79,15 @@ def _covered_pairs(tri_uv: Tensor, tri_z: Tensor, near: float, width: int, heigh
 @torch.no_grad()
 def rasterize(vertices: Tensor, faces: Tensor, camera: Camera, colors: Tensor | None = None,
               background: tuple[float, float, float] = (1.0, 1.0, 1.0), shading: float = 0.35,
-              pair_budget: int = PAIR_BUDGET) -> MeshRender:
+              pair_budget: int = PAIR_BUDGET, uvs: Tensor | None = None, texture: Tensor | None = None
+              ) -> MeshRender:
     """Render a triangle mesh seen by ``camera``.
 
     Args:
         vertices: [V, 3] world positions. faces: [F, 3] vertex indices.
-        colors: [V, 3] RGB in [0, 1] or None (no image).
+        colors: [V, 3] RGB in [0, 1] or None (no image, unless a texture is given).
+        uvs, texture: [V, 2] texture coordinates (glTF's: (0, 0) top-left) and a uint8 texture
+            [H, W, 3]: colours sampled from it (bilinear, perspective-correct UVs) instead of ``colors``.
         shading: ``image = color * (1 - shading + shading * |cos|)`` with the angle between the
             face normal and the viewing ray (a headlight, so that the shape reads), 0 = flat colours.
     """
@@ -94,20 +98,24 @@ def rasterize(vertices: Tensor, faces: Tensor, camera: Camera, colors: Tensor | 
     uv, z = project_points(camera.to(device), vertices)
     tri_uv, tri_z = uv[faces], z[faces]  # [F, 3, 2], [F, 3]
     best_depth = torch.full((height * width,), float("inf"), device=device)
-    for pixel, _, depth in _covered_pairs(tri_uv, tri_z, camera.near, width, height, pair_budget):
+    for pixel, _, depth in covered_pairs(tri_uv, tri_z, camera.near, width, height, pair_budget):
         best_depth.scatter_reduce_(0, pixel, depth, reduce="amin")
     # second pass: the face whose depth is the final minimum (the same arithmetic, so equal bits)
     best_face = torch.full((height * width,), -1, dtype=torch.long, device=device)
-    for pixel, face, depth in _covered_pairs(tri_uv, tri_z, camera.near, width, height, pair_budget):
+    for pixel, face, depth in covered_pairs(tri_uv, tri_z, camera.near, width, height, pair_budget):
         winner = depth == best_depth[pixel]
         best_face.scatter_reduce_(0, pixel[winner], face[winner], reduce="amax")
     out = MeshRender(best_face.view(height, width) >= 0, best_depth.view(height, width), best_face.view(height, width))
-    if colors is not None:
+    if colors is not None or texture is not None:
         image = torch.tensor(background, dtype=torch.float32, device=device).view(3, 1).repeat(1, height * width)
         pixels = torch.nonzero(best_face >= 0).squeeze(1)
         face = best_face[pixels]
-        bary = _barycentric(tri_uv, tri_z, face, pixels, width)
-        rgb = (bary.unsqueeze(-1) * colors.float().to(device)[faces[face]]).sum(dim=1)
+        bary = barycentric(tri_uv, tri_z, face, pixels, width)
+        if texture is not None:
+            texel = (bary.unsqueeze(-1) * uvs.float().to(device)[faces[face]]).sum(dim=1)
+            rgb = sample_texture(texture.to(device), texel)
+        else:
+            rgb = (bary.unsqueeze(-1) * colors.float().to(device)[faces[face]]).sum(dim=1)
         if shading > 0:
             tri = vertices[faces[face]]
             normal = torch.nn.functional.normalize(torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1),
@@ -119,7 +127,7 @@ def rasterize(vertices: Tensor, faces: Tensor, camera: Camera, colors: Tensor | 
     return out
 
 
-def _barycentric(tri_uv: Tensor, tri_z: Tensor, face: Tensor, pixels: Tensor, width: int) -> Tensor:
+def barycentric(tri_uv: Tensor, tri_z: Tensor, face: Tensor, pixels: Tensor, width: int) -> Tensor:
     """Perspective-correct barycentric weights [P, 3] of ``face`` at the pixels' centres."""
     cx = (pixels % width).float() + 0.5
     cy = (pixels // width).float() + 0.5
@@ -132,4 +140,13 @@ def _barycentric(tri_uv: Tensor, tri_z: Tensor, face: Tensor, pixels: Tensor, wi
     return perspective / perspective.sum(dim=1, keepdim=True)
 
 
-__all__ = ["MeshRender", "rasterize"]
+def sample_texture(texture: Tensor, uvs: Tensor) -> Tensor:
+    """Bilinear samples [P, 3] in [0, 1] of a uint8 texture [H, W, 3] at UVs [P, 2] (glTF's
+    convention, texel centres at (i + 0.5) / size; edges clamped)."""
+    image = texture.permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    grid = uvs.float().view(1, -1, 1, 2) * 2.0 - 1.0
+    out = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.view(3, -1).T
+
+
+__all__ = ["MeshRender", "barycentric", "covered_pairs", "rasterize", "sample_texture"]
