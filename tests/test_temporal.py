@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from test_trainer import tiny_config
+from test_trainer import make_disc_dataset, tiny_config
 
 from cam_utils import Camera
 from stag4d.evaluation.evaluate import temporal_smoothness
-from stag4d.rasterizer import GaussianParams
+from stag4d.rasterizer import GaussianParams, render
 from stag4d.training.trainer import Trainer
 
 
@@ -69,4 +69,83 @@ def test_motion_smoothness_loss_is_zero_for_a_still_field_and_pulls_otherwise(tm
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.deformation.grid.time_planes)
     result = trainer.train_step()
     assert "motion_smooth" in result and torch.isfinite(result["motion_smooth"])
+    trainer.close()
+
+
+def test_time_jitter_schedule_window_and_decay():
+    from stag4d.training.trainer import TrainConfig
+
+    # fine stage = steps 101..1100, so step 100 + 1000 p is the fraction p of it
+    cfg = TrainConfig(time_jitter=0.5, init_steps=100, total_steps=1100, time_jitter_window=[0.2, 0.6],
+                      time_jitter_decay="linear")
+    at = {p: cfg.time_jitter_at(100 + round(1000 * p)) for p in (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 1.0)}
+    assert at[0.0] == 0.0 and at[0.1] == 0.0  # coarse stage, then before the window
+    assert at[0.2] == pytest.approx(0.5) and at[0.3] == pytest.approx(0.375) and at[0.4] == pytest.approx(0.25)
+    assert at[0.6] == pytest.approx(0.0) and at[0.7] == 0.0 and at[1.0] == 0.0
+    cfg.time_jitter_decay = "cosine"
+    assert cfg.time_jitter_at(500) == pytest.approx(0.25) and cfg.time_jitter_at(400) == pytest.approx(0.5 * 0.8535534)
+    cfg.time_jitter_decay, cfg.time_jitter_window = "none", [0.0, 1.0]  # the old behaviour: on over the whole fine stage
+    assert cfg.time_jitter_at(100) == 0.0 and cfg.time_jitter_at(101) == 0.5 and cfg.time_jitter_at(1100) == 0.5
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["time_jitter=0.8"], "time_jitter=0.8 needs time_jitter_target=interpolated"),
+    (["time_jitter_window=[0.6,0.2]"], "time_jitter_window=[0.6, 0.2]: give [start, end]"),
+    (["time_jitter_window=[0.5]"], "time_jitter_window=[0.5]: give [start, end]"),
+    (["time_jitter_decay=exp"], "time_jitter_decay=exp is not one of none, linear, cosine"),
+])
+def test_bad_time_jitter_settings_are_one_line_errors(tmp_path, extra, message):
+    from stag4d.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        tiny_config(tmp_path, extra=extra)
+    assert "\n" not in str(err.value)
+
+
+def test_reference_view_keeps_the_frame_time_when_asked(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=1", "time_jitter=0.5", "batch_size=4",
+                                                   "time_jitter_reference=false"]))
+    with torch.no_grad():
+        for planes in trainer.model.deformation.grid.time_planes:
+            planes.uniform_(0.5, 1.5)  # a field that moves, so that the time shows in the renders
+    batch = trainer.sample_batch(2)
+    frame_times = [trainer.frame_time(f) for f in batch.frames]
+    assert batch.ref_times == frame_times and batch.times != frame_times  # only the other views are jittered
+    with torch.no_grad():
+        gaussians = trainer.deform(batch)
+        renders = trainer.render_views(gaussians, batch)
+        at_frames = trainer.model.gaussians_at_times(frame_times)
+    assert len(gaussians) == 8
+    for out, g, t in zip(renders.reference, at_frames, frame_times):
+        expected = render(g, trainer.ref_camera.with_time(t), torch.ones(3), backend="torch")
+        assert torch.allclose(out.image, expected.image, atol=1e-6)
+    # the anchors see the jittered times: their Gaussians are the first B of the list
+    for b, _ in batch.anchors:
+        assert torch.allclose(gaussians[b].means, trainer.model.gaussians_at_times([batch.times[b]])[0].means, atol=1e-6)
+    trainer.close()
+    # and with the default (true) the reference view is jittered with the rest
+    trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=1", "time_jitter=0.5", "batch_size=4", "overwrite=true"]))
+    batch = trainer.sample_batch(2)
+    assert batch.ref_times == batch.times and len(trainer.deform(batch)) == 4
+    trainer.close()
+
+
+def test_interpolated_targets_blend_the_trained_frames_either_side(tmp_path):
+    data = make_disc_dataset(tmp_path / "disc6", num_frames=6)
+    trainer = Trainer(tiny_config(tmp_path, data=data, extra=["holdout_frames=[3]", "time_jitter=1",
+                                                               "time_jitter_target=interpolated"]))
+    t = trainer.frame_time
+    assert trainer.target_frames(2, t(2)) == (2, 2, 0.0)  # at a frame's own time: its image
+    assert trainer.target_frames(1, t(1.25)) == pytest.approx((1, 2, 0.25))
+    assert trainer.target_frames(2, t(2.5)) == pytest.approx((2, 4, 0.25))  # frame 3 is held out: 2 -> 4
+    assert trainer.target_frames(4, t(3.5)) == pytest.approx((2, 4, 0.75))
+    assert trainer.target_frames(5, t(5)) == (5, 5, 0.0)
+    target = trainer._targets(trainer.data.ref_rgb, [trainer.target_frames(2, t(2.5))])[0]
+    assert torch.allclose(target, 0.75 * trainer.data.ref_rgb[2] + 0.25 * trainer.data.ref_rgb[4])
+    batch = trainer.sample_batch(trainer.cfg.train.init_steps + 1)  # a fine-stage step: times spread a full interval
+    assert all(abs(tb - t(f)) <= 1 / 6 + 1e-9 for tb, f in zip(batch.times, batch.frames))
+    trainer.close()
+    # the frame's own image with the default target, whatever the time
+    trainer = Trainer(tiny_config(tmp_path, data=data, extra=["holdout_frames=[3]", "time_jitter=0.5", "overwrite=true"]))
+    assert trainer.target_frames(2, t(2.5)) == (2, 2, 0.0)
     trainer.close()

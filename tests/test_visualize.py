@@ -246,6 +246,20 @@ def test_contact_sheet_tiles_are_the_renders():
     assert np.abs(sheet[top:, left:].astype(int) - plain).max() <= 1
 
 
+
+def test_contact_sheet_rows_at_interpolated_times():
+    """With frames=N the rows are taken among the N rendered times, between training frames too."""
+    model = tiny_model(0)
+    sheet = visualize.contact_sheet(model, T, [0.0], 3, CameraConfig(), 20, backend="torch", progress=False,
+                                    frames=2 * T)
+    times = visualize.interpolated_times(T, 2 * T)
+    picked = [times[j] for j in visualize.sheet_frame_indices(2 * T, 3)]
+    assert any(abs(t * T - round(t * T)) > 0.1 for t in picked)  # a row between two training frames
+    tiles = np.stack([np.stack([image_u8(direct_render(model, 0.0, t, size=20))]) for t in picked])
+    plain = video_utils.contact_sheet(tiles, gap=2)
+    top, left = sheet.shape[0] - plain.shape[0], sheet.shape[1] - plain.shape[1]
+    assert np.abs(sheet[top:, left:].astype(int) - plain).max() <= 1
+
 # ------------------------------------------------------------------------------------------------
 # saved runs and options
 

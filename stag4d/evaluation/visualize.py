@@ -15,7 +15,8 @@ Loads ``<outdir>/<save_path>/<step>/`` (model.ply + deformation.pt; the latest s
   ``video_fps`` frames per second;
 * with ``modes`` holding ``depth`` / ``alpha``: ``video_<track>_depth.mp4`` (expected depth,
   normalized per video over the object's pixels, near = bright) / ``video_<track>_alpha.mp4``;
-* ``contact_sheet.png``: rows = ``sheet_times`` evenly spaced training frames, columns =
+* ``contact_sheet.png``: rows = ``sheet_times`` evenly spaced training frames (with ``frames=N``:
+  evenly spaced among the N rendered times, so that in-between times show), columns =
   ``sheet_azimuths``, tiles of ``sheet_size`` pixels (default min(resolution, 256)), labelled.
 
 Times: by default the T training frames at t = i / T. ``frames=N`` renders N times evenly spaced
@@ -312,20 +313,28 @@ def sheet_frame_indices(num_frames: int, rows: int) -> list[int]:
 
 def contact_sheet(model, num_frames: int, azimuths: Sequence[float], rows: int, camera: CameraConfig, size: int,
                   background: Sequence[float] = (1.0, 1.0, 1.0), backend: str = "auto", chunk: int = 8,
-                  progress: bool = True) -> np.ndarray:
-    """Grid of renders: rows = ``rows`` evenly spaced training frames, columns = ``azimuths``.
+                  progress: bool = True, frames: Optional[int] = None) -> np.ndarray:
+    """Grid of renders: rows = ``rows`` evenly spaced training frames (``frames=N``: evenly spaced
+    among the N times of :func:`interpolated_times`), columns = ``azimuths``.
 
     Returns:
-        uint8 image [H', W', 3] with labels (frame index and time per row, azimuth per column).
+        uint8 image [H', W', 3] with labels (frame index, fractional between frames, and time per
+        row; azimuth per column).
     """
-    frame_ids = sheet_frame_indices(num_frames, rows)
-    times = [i / num_frames for i in frame_ids]
+    if frames is None:
+        frame_ids = sheet_frame_indices(num_frames, rows)
+        times = [i / num_frames for i in frame_ids]
+    else:
+        all_times = interpolated_times(num_frames, frames)
+        times = [all_times[j] for j in sheet_frame_indices(frames, rows)]
+        frame_ids = [t * num_frames for t in times]
     tracks = {f"az{k}": orbit_track(float(a), 0.0, len(times), camera, size, model.device)
               for k, a in enumerate(azimuths)}
     frames = render_tracks(model, tracks, times, background, backend, ("image",), chunk, progress)
     tiles = np.stack([np.stack([frames[f"az{k}"]["image"][r] for k in range(len(azimuths))])
                       for r in range(len(times))])
-    row_labels = [f"frame {i}  t={t:.2f}" for i, t in zip(frame_ids, times)]
+    row_labels = [f"frame {i:g}  t={t:.2f}" if float(i).is_integer() else f"frame {i:.2f}  t={t:.3f}"
+                  for i, t in zip(frame_ids, times)]
     column_labels = [f"azimuth {a:g}" for a in azimuths]
     return video.contact_sheet(tiles, row_labels, column_labels)
 
@@ -372,7 +381,7 @@ def write_outputs(model, cfg: RunConfig, opts: VisualizeOptions, num_frames: int
     if opts.sheet_times > 0:
         sheet_size = opts.sheet_size or min(size, 256)
         sheet = contact_sheet(model, num_frames, opts.sheet_azimuths, opts.sheet_times, cfg.camera, sheet_size,
-                              opts.background, cfg.train.backend, opts.chunk, progress)
+                              opts.background, cfg.train.backend, opts.chunk, progress, frames=opts.frames)
         path = os.path.join(out_folder, "contact_sheet.png")
         save_image(path, sheet)
         written.append(path)

@@ -25,6 +25,7 @@ Choices (documented in the README):
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import random
@@ -63,6 +64,8 @@ CHECKPOINT_FORMAT = 2  # 2: plain values only (loads with weights_only=True); 1:
 LOSS_KEYS = ("ref_rgb", "ref_alpha", "sds", "anchor_rgb", "anchor_alpha", "regularizer", "motion_smooth",
              "anisotropy")
 NON_FINITE_EXIT_CODE = 3
+JITTER_TARGETS = ("frame", "interpolated")
+JITTER_DECAYS = ("none", "linear", "cosine")
 
 
 @dataclass
@@ -78,7 +81,17 @@ class TrainConfig:
     batch_size: int = setting(4, "samples (frame, random view) per step", ge=1)
     invert_bg_prob: float = setting(0.5, "probability of a black background for a random view", ge=0, le=1)
     time_jitter: float = setting(0.0, "ours: each sample's time is its frame's plus a uniform offset of up to this "
-                                 "many frame intervals either way (targets stay the frame's); 0 = released", ge=0, le=0.5)
+                                 "many frame intervals either way (0 = released); at most 0.5 with "
+                                 "time_jitter_target=frame", ge=0, le=1)
+    time_jitter_target: str = setting("frame", "ours: the images a jittered sample is scored against: frame = its "
+                                      "frame's; interpolated = blended linearly in time between the trained frames "
+                                      "either side of its time", choices=JITTER_TARGETS)
+    time_jitter_reference: bool = setting(True, "ours: jitter the reference view too (false: it renders at the "
+                                          "frame's own time, only the anchor and random views are jittered)")
+    time_jitter_window: List[float] = setting([0.0, 1.0], "ours: [start, end] fractions of the fine stage during "
+                                              "which the jitter is on", ge=0, le=1)
+    time_jitter_decay: str = setting("none", "ours: within the window the jitter stays (none) or falls to 0 at its "
+                                     "end (linear | cosine), as annealed smooth training", choices=JITTER_DECAYS)
     render_res_ratios: List[float] = setting([0.3, 0.6], "step_ratio limits of the random-view sizes")
     render_res_sizes: List[int] = setting([128, 256, 512], "random-view sizes (one more than the limits)", ge=1)
     load_path: Optional[str] = setting(None, "resume: a run name under outdir, a run folder or a step folder")
@@ -94,6 +107,31 @@ class TrainConfig:
             raise ConfigError("load_step is set but load_path is not: add load_path=NAME")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device={self.device} is not auto, cpu, cuda or cuda:N")
+        if self.time_jitter > 0.5 and self.time_jitter_target == "frame":
+            # past half an interval a sample nearer the next frame would be scored against its own
+            raise ConfigError(f"time_jitter={self.time_jitter} needs time_jitter_target=interpolated (at most 0.5 "
+                              "with the frame's own images)")
+        start, end = (list(self.time_jitter_window) + [None, None])[:2]
+        if len(self.time_jitter_window) != 2 or not start < end:
+            raise ConfigError(f"time_jitter_window={list(self.time_jitter_window)}: give [start, end] with "
+                              "0 <= start < end <= 1, e.g. [0, 0.5]")
+
+    def time_jitter_at(self, step: int) -> float:
+        """The jitter amplitude (frame intervals) at ``step``: 0 in the coarse stage and outside the
+        window, else ``time_jitter`` times the decay over the window (1 -> 0 at its end).
+
+        The fine stage runs over steps init_steps + 1 .. total_steps; its fraction is
+        p = (step - init_steps) / (total_steps - init_steps).
+        """
+        if self.time_jitter <= 0 or step <= self.init_steps:
+            return 0.0
+        p = (step - self.init_steps) / max(self.total_steps - self.init_steps, 1)
+        start, end = self.time_jitter_window
+        if not start <= p <= end:
+            return 0.0
+        u = (p - start) / (end - start)  # 0 .. 1 across the window
+        scale = {"none": 1.0, "linear": 1.0 - u, "cosine": 0.5 * (1.0 + math.cos(math.pi * u))}[self.time_jitter_decay]
+        return self.time_jitter * scale
 
 
 @dataclass
@@ -193,7 +231,8 @@ class Batch:
 
     Attributes:
         step: the global step; coarse: in the coarse stage; ratio: step_ratio.
-        frames: B frame indices; times: their normalized times.
+        frames: B frame indices; times: their normalized times (jittered with ``time_jitter``).
+        ref_times: the times of the reference renders (the frames' own with time_jitter_reference=false).
         random_views: per sample, when the SDS is on (else empty); size: their render size.
         anchors: (sample, anchor view) pairs for the anchor losses (ours; else empty).
     """
@@ -203,6 +242,7 @@ class Batch:
     ratio: float
     frames: list[int]
     times: list[float]
+    ref_times: list[float] = field(default_factory=list)
     random_views: list[RandomView] = field(default_factory=list)
     size: int = 0
     anchors: list[tuple[int, int]] = field(default_factory=list)
@@ -440,11 +480,15 @@ class Trainer:
         else:
             frames = [self.train_frames[self.rng.randrange(len(self.train_frames))] for _ in range(train.batch_size)]
         times = [self.frame_time(i) for i in frames]
-        if train.time_jitter > 0 and not coarse:  # continuous times between frames (ours)
-            spread = train.time_jitter / self.num_frames
+        ref_times = times
+        jitter = train.time_jitter_at(step)
+        if jitter > 0:  # continuous times between frames (ours)
+            spread = jitter / self.num_frames
             times = [min(max(t + self.rng.uniform(-spread, spread), 0.0), (self.num_frames - 1) / self.num_frames)
                      for t in times]
-        batch = Batch(step, coarse, ratio, frames, times)
+            # the reference view has a true image at the frame's time only; off, it stays there
+            ref_times = times if train.time_jitter_reference else ref_times
+        batch = Batch(step, coarse, ratio, frames, times, list(ref_times))
         if self.uses_sds:
             batch.size = random_view_size(ratio, train.render_res_ratios, train.render_res_sizes)
             batch.random_views = [self._random_view(batch.size, t) for t in batch.times]
@@ -473,19 +517,29 @@ class Trainer:
 
     def deform(self, batch: Batch) -> list[GaussianParams]:
         """The Gaussians of each sample: canonical in the coarse stage (no deformation), else
-        deformed to the sample's time (one deformation call for the batch)."""
+        deformed to the sample's time (one deformation call for the batch). When the reference
+        renders have their own times (``time_jitter_reference=false``) the list has 2B entries:
+        the samples' times, then the reference times."""
         if batch.coarse:
             return [self.model.gaussians_at(None)] * len(batch.frames)
+        if self._separate_ref_times(batch):
+            return self.model.gaussians_at_times(batch.times + batch.ref_times)
         return self.model.gaussians_at_times(batch.times)
+
+    def _separate_ref_times(self, batch: Batch) -> bool:
+        return not batch.coarse and self.cfg.loss.uses_reference and batch.ref_times != batch.times
 
     def render_views(self, gaussians: list[GaussianParams], batch: Batch) -> Renders:
         """Reference views (white), random views (their backgrounds) and anchor views (white)."""
         reference: list[RenderOutput] = []
         random: list[RenderOutput] = []
         anchors: list[RenderOutput] = []
+        b = len(batch.frames)
         if self.cfg.loss.uses_reference:
-            cameras = [self.ref_camera.with_time(t) for t in batch.times]
-            reference = render_batch(gaussians, cameras, self._white.expand(len(cameras), 3), backend=self.backend)
+            cameras = [self.ref_camera.with_time(t) for t in (batch.ref_times or batch.times)]
+            ref_gaussians = gaussians[b:] if self._separate_ref_times(batch) else gaussians
+            reference = render_batch(ref_gaussians, cameras, self._white.expand(len(cameras), 3), backend=self.backend)
+        gaussians = gaussians[:b]
         if batch.random_views:
             views = batch.random_views
             random = render_batch(gaussians, [v.camera for v in views], torch.stack([v.background for v in views]),
@@ -500,15 +554,19 @@ class Trainer:
         """The weighted loss terms of the step (SPEC 4.1-4.5, and ours: the anchor losses)."""
         cfg, ratio, frames = self.cfg.loss, batch.ratio, batch.frames
         losses: dict[str, torch.Tensor] = {}
+        # the target images of each sample: its frame's, or blended between trained frames (ours)
+        blend = [self.target_frames(f, t) for f, t in zip(frames, batch.times)]
+        ref_blend = [self.target_frames(f, t) for f, t in zip(frames, batch.ref_times or batch.times)]
         # 1. reference view: per-sample MSE summed over samples, as the released loop adds one loss per sample
         if renders.reference:
             if cfg.lambda_ref_rgb > 0:
                 images = torch.stack([o.image for o in renders.reference])
-                losses["ref_rgb"] = ratio * cfg.lambda_ref_rgb * per_sample_mse(images, self._stack(self.data.ref_rgb, frames))
+                losses["ref_rgb"] = ratio * cfg.lambda_ref_rgb * per_sample_mse(
+                    images, self._targets(self.data.ref_rgb, ref_blend))
             if cfg.lambda_ref_alpha > 0:
                 alphas = torch.stack([o.alpha for o in renders.reference])
                 losses["ref_alpha"] = ratio * cfg.lambda_ref_alpha * per_sample_mse(
-                    alphas, self._stack(self.data.ref_mask, frames))
+                    alphas, self._targets(self.data.ref_mask, ref_blend))
         # 2-3. SDS of the random views (one batched guidance call)
         if renders.random:
             losses["sds"] = cfg.lambda_zero123 * self._sds_loss(renders.random, batch)
@@ -518,8 +576,8 @@ class Trainer:
             per_sample = len(batch.anchors) / len(frames)
             images = torch.stack([o.image for o in renders.anchors])
             alphas = torch.stack([o.alpha for o in renders.anchors])
-            targets_rgb = torch.stack([self.data.anchor_rgb[frames[b], view] for b, view in batch.anchors])
-            targets_mask = torch.stack([self.data.anchor_mask[frames[b], view] for b, view in batch.anchors])
+            targets_rgb = torch.stack([self._target(self.data.anchor_rgb, blend[b], view) for b, view in batch.anchors])
+            targets_mask = torch.stack([self._target(self.data.anchor_mask, blend[b], view) for b, view in batch.anchors])
             if cfg.lambda_anchor_rgb > 0:
                 losses["anchor_rgb"] = ratio * cfg.lambda_anchor_rgb * (per_sample_mse(images, targets_rgb) / per_sample)
             if cfg.lambda_anchor_alpha > 0:
@@ -533,7 +591,7 @@ class Trainer:
             losses["motion_smooth"] = cfg.lambda_motion_smooth * self._motion_smoothness()
         if cfg.lambda_anisotropy > 0:
             losses["anisotropy"] = cfg.lambda_anisotropy * anisotropy_loss(
-                gaussians[-1].log_scales, cfg.scale_loss_ratio, activated=cfg.anisotropy_activated)
+                gaussians[len(frames) - 1].log_scales, cfg.scale_loss_ratio, activated=cfg.anisotropy_activated)
         return losses
 
     def _motion_smoothness(self) -> torch.Tensor:
@@ -581,10 +639,36 @@ class Trainer:
         pinned = self.device.type == "cuda"
         return torch.tensor(values, dtype=dtype, pin_memory=pinned).to(self.device, non_blocking=True)
 
+    def target_frames(self, frame: int, time: float) -> tuple[int, int, float]:
+        """(a, b, w): a sample's target image is (1 - w) image[a] + w image[b].
+
+        With ``time_jitter_target=frame`` (or at the frame's own time) it is the frame's image
+        (frame, frame, 0). With ``interpolated``: a and b are the nearest trained frames at or before
+        and at or after the time (a held-out frame is skipped), w the time's place between them; the
+        nearer one alone when the time lies beyond the first or last trained frame.
+        """
+        if self.cfg.train.time_jitter_target == "frame" or time == self.frame_time(frame):
+            return frame, frame, 0.0
+        x = time * self.num_frames
+        before = [i for i in self.train_frames if i <= x]
+        after = [i for i in self.train_frames if i >= x]
+        if not before or not after:
+            nearest = after[0] if not before else before[-1]
+            return nearest, nearest, 0.0
+        a, b = before[-1], after[0]
+        return (a, a, 0.0) if a == b else (a, b, (x - a) / (b - a))
+
     @staticmethod
-    def _stack(images: torch.Tensor, frames: list[int]) -> torch.Tensor:
-        """images[frames] by integer views (no index tensor copied to the device): [B, ...]."""
-        return torch.stack([images[i] for i in frames])
+    def _target(images: torch.Tensor, blend: tuple[int, int, float], *index: int) -> torch.Tensor:
+        """One target image from ``target_frames``'s (a, b, w): images[a, *index] blended with images[b, *index]."""
+        a, b, w = blend
+        if w == 0.0:
+            return images[(a, *index)]
+        return (1.0 - w) * images[(a, *index)] + w * images[(b, *index)]
+
+    def _targets(self, images: torch.Tensor, blends: list[tuple[int, int, float]]) -> torch.Tensor:
+        """The targets of the samples [B, ...] (integer views, no index tensor copied to the device)."""
+        return torch.stack([self._target(images, blend) for blend in blends])
 
     # ------------------------------------------------------------------------------------------
     # loop
