@@ -1,0 +1,34 @@
+#!/bin/bash
+# Issue 21: the whole pipeline's wall time as a user runs it, one command sequence:
+# prepare_video -> gen_mv -> main.py, each timed (process wall time: start-up, model loading from
+# disk, work, saves), then the total. The diffusion models are folders given on the command line
+# (random weights of the real architectures where no weights can be had:
+#   python -m stag4d.multiview.random_model Z123PP --fp16;  python -m guidance.random_model Z123XL --fp16).
+#   benchmarks/bench_pipeline.sh INPUT OUT Z123PP Z123XL [main.py overrides ...]
+# INPUT: a video or a folder of frames (e.g. the minions sample's ref/). Extra arguments of the
+# first two stages: PREPARE_ARGS, GEN_MV_ARGS (environment), e.g. GEN_MV_ARGS="--steps 2" for a smoke test.
+set -euo pipefail
+INPUT=$1; OUT=$2; Z123PP=$3; Z123XL=$4; shift 4
+mkdir -p "$OUT"
+NAME=pipeline
+now() { date +%s.%N; }
+declare -A WALL
+stage() {  # stage NAME command...: run, log to $OUT/NAME.log, record the wall time
+  local name=$1; shift
+  local start; start=$(now)
+  "$@" > "$OUT/$name.log" 2>&1 || { echo "error: $name failed, see $OUT/$name.log: $(tail -1 "$OUT/$name.log")"; exit 1; }
+  WALL[$name]=$(python3 -c "print(round($(now) - $start, 1))")
+  echo "$name: ${WALL[$name]} s"
+}
+rm -rf "${OUT:?}/datasets"
+stage prepare_video python scripts/prepare_video.py "$INPUT" --name $NAME --out-root "$OUT/datasets" \
+  --matting none ${PREPARE_ARGS:-}
+stage gen_mv python scripts/gen_mv.py --path "$OUT/datasets/$NAME" --model "$Z123PP" --matting color ${GEN_MV_ARGS:-}
+stage main python main.py --config configs/stag4d.yaml path="$OUT/datasets/$NAME" save_path=$NAME \
+  outdir="$OUT/logs" zero123_model="$Z123XL" valid_interval=0 overwrite=true "$@"
+total=$(python3 -c "print(round(${WALL[prepare_video]} + ${WALL[gen_mv]} + ${WALL[main]}, 1))")
+echo
+echo "| prepare_video s | gen_mv s | main.py s | total s |"
+echo "|---|---|---|---|"
+echo "| ${WALL[prepare_video]} | ${WALL[gen_mv]} | ${WALL[main]} | **$total** |"
+grep -h "loaded Zero123++\|generated in\|peak GPU" "$OUT/gen_mv.log" || true
