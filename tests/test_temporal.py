@@ -1,5 +1,6 @@
 """Smoothness in time (issue 22): the evaluation's trained / held-out split and temporal smoothness
 figures, continuous time sampling, and the motion-smoothness loss."""
+import dataclasses
 import math
 
 import pytest
@@ -89,7 +90,7 @@ def test_time_jitter_schedule_window_and_decay():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["time_jitter=0.8"], "time_jitter=0.8 needs time_jitter_target=interpolated"),
+    (["time_jitter=0.8", "time_jitter_target=frame"], "time_jitter=0.8 needs time_jitter_target=interpolated"),
     (["time_jitter_window=[0.6,0.2]"], "time_jitter_window=[0.6, 0.2]: give [start, end]"),
     (["time_jitter_window=[0.5]"], "time_jitter_window=[0.5]: give [start, end]"),
     (["time_jitter_decay=exp"], "time_jitter_decay=exp is not one of none, linear, cosine"),
@@ -119,12 +120,22 @@ def test_reference_view_keeps_the_frame_time_when_asked(tmp_path):
     for out, g, t in zip(renders.reference, at_frames, frame_times):
         expected = render(g, trainer.ref_camera.with_time(t), torch.ones(3), backend="torch")
         assert torch.allclose(out.image, expected.image, atol=1e-6)
+    # so the reference losses are those of the same frames without jitter, the anchor losses are not
+    still = dataclasses.replace(batch, times=list(frame_times))
+    with torch.no_grad():
+        losses = trainer.compute_losses(batch, gaussians, renders)
+        still_gaussians = trainer.deform(still)
+        still_losses = trainer.compute_losses(still, still_gaussians, trainer.render_views(still_gaussians, still))
+    assert torch.allclose(losses["ref_rgb"], still_losses["ref_rgb"]) and torch.allclose(
+        losses["ref_alpha"], still_losses["ref_alpha"])
+    assert not torch.allclose(losses["anchor_rgb"], still_losses["anchor_rgb"])
     # the anchors see the jittered times: their Gaussians are the first B of the list
     for b, _ in batch.anchors:
         assert torch.allclose(gaussians[b].means, trainer.model.gaussians_at_times([batch.times[b]])[0].means, atol=1e-6)
     trainer.close()
-    # and with the default (true) the reference view is jittered with the rest
-    trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=1", "time_jitter=0.5", "batch_size=4", "overwrite=true"]))
+    # and with true the reference view is jittered with the rest
+    trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=1", "time_jitter=0.5", "batch_size=4", "overwrite=true",
+                                                   "time_jitter_reference=true"]))
     batch = trainer.sample_batch(2)
     assert batch.ref_times == batch.times and len(trainer.deform(batch)) == 4
     trainer.close()
@@ -145,7 +156,8 @@ def test_interpolated_targets_blend_the_trained_frames_either_side(tmp_path):
     batch = trainer.sample_batch(trainer.cfg.train.init_steps + 1)  # a fine-stage step: times spread a full interval
     assert all(abs(tb - t(f)) <= 1 / 6 + 1e-9 for tb, f in zip(batch.times, batch.frames))
     trainer.close()
-    # the frame's own image with the default target, whatever the time
-    trainer = Trainer(tiny_config(tmp_path, data=data, extra=["holdout_frames=[3]", "time_jitter=0.5", "overwrite=true"]))
+    # the frame's own image with the frame target, whatever the time
+    trainer = Trainer(tiny_config(tmp_path, data=data, extra=["holdout_frames=[3]", "time_jitter=0.5", "overwrite=true",
+                                                               "time_jitter_target=frame"]))
     assert trainer.target_frames(2, t(2.5)) == (2, 2, 0.0)
     trainer.close()
