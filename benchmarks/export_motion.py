@@ -93,7 +93,7 @@ def measure(model, cfg, clouds, times, row: str, resolution: int, max_faces: int
     def extract(k: int):
         fresh = mesh.extract_surface(clouds[k], resolution, threshold, max_faces, 0.01, bounds=bounds, progress=False)
         centre_tree = cKDTree(centres[k])
-        fresh_literal.append(centre_tree.query(fresh.vertices)[0].mean() / np.ptp(fresh.vertices, axis=0).max())
+        fresh_literal.append(centre_tree.query(fresh.vertices)[0].mean() / checks.object_size(fresh.vertices))
         return fresh.vertices, fresh.faces
 
     reextraction = checks.reextraction_distances(positions, surface.faces, frames, reference, extract)

@@ -117,6 +117,12 @@ def visible_centres(model, times: Sequence[float], chunk: int = 8) -> np.ndarray
     return np.stack(out)
 
 
+def object_size(vertices: np.ndarray) -> float:
+    """The object's size at one time, the scale of every distance check: the longest side of the
+    box of the mesh's vertices [V, 3]."""
+    return float(np.ptp(vertices, axis=0).max())
+
+
 def nearest_centre_distances(centres: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
     """The issue's measure. Per time f: ``mean`` distance from the vertices ``positions[f]`` to the
     nearest of ``centres[f]``, the object ``size`` (longest side of the mesh's box), and
@@ -126,7 +132,7 @@ def nearest_centre_distances(centres: np.ndarray, positions: np.ndarray) -> dict
         tree = cKDTree(centres[f])
         means.append(tree.query(positions[f])[0].mean())
         static.append(tree.query(positions[0])[0].mean())
-        sizes.append(float(np.ptp(positions[f], axis=0).max()))
+        sizes.append(object_size(positions[f]))
     return {"mean": np.array(means), "static": np.array(static), "size": np.array(sizes)}
 
 
@@ -139,7 +145,7 @@ def drift_distances(centres: np.ndarray, positions: np.ndarray, reference: int) 
     moved = centres[:, pair] - centres[reference, pair]  # [F, V, 3]
     drift = (positions - positions[reference]) - moved
     return {"mean": np.linalg.norm(drift, axis=-1).mean(axis=1), "motion": np.linalg.norm(moved, axis=-1).mean(axis=1),
-            "size": np.array([float(np.ptp(p, axis=0).max()) for p in positions])}
+            "size": np.array([object_size(p) for p in positions])}
 
 
 def follow_ratio(drift: dict[str, np.ndarray]) -> float:
@@ -168,7 +174,7 @@ def reextraction_distances(positions: np.ndarray, faces: np.ndarray, frames: Seq
         vertices, fresh_faces = extract(k)
         animated.append(surface_distance(positions[k], faces, vertices, fresh_faces))
         static.append(surface_distance(positions[reference], faces, vertices, fresh_faces))
-        sizes.append(float(np.ptp(positions[k], axis=0).max()))
+        sizes.append(object_size(positions[k]))
     return {"mean": np.array(animated), "static": np.array(static), "size": np.array(sizes)}
 
 
@@ -244,5 +250,5 @@ def summarize(ious: np.ndarray, camera_names: Sequence[str], drift: dict[str, np
 
 __all__ = ["CHAMFER_SAMPLES", "FOLLOW_MAX", "IOU_MIN", "MOTION_MAX", "STILL", "NamedCamera", "check_cameras",
            "compare_renders",
-           "drift_distances", "drift_summary", "follow_ratio", "mesh_contact_sheet", "nearest_centre_distances",
+           "drift_distances", "drift_summary", "follow_ratio", "mesh_contact_sheet", "nearest_centre_distances", "object_size",
            "reextraction_distances", "silhouette_ious", "summarize", "surface_distance", "visible_centres"]
