@@ -116,6 +116,10 @@ class TrainConfig:
             raise ConfigError(f"time_jitter_window={list(self.time_jitter_window)}: give [start, end] with "
                               "0 <= start < end <= 1, e.g. [0, 0.5]")
 
+    def is_coarse(self, step: int) -> bool:
+        """Steps 1 .. init_steps are the coarse stage (no deformation)."""
+        return step <= self.init_steps
+
     def time_jitter_at(self, step: int) -> float:
         """The jitter amplitude (frame intervals) at ``step``: 0 in the coarse stage and outside the
         window, else ``time_jitter`` times the decay over the window (1 -> 0 at its end).
@@ -123,7 +127,7 @@ class TrainConfig:
         The fine stage runs over steps init_steps + 1 .. total_steps; its fraction is
         p = (step - init_steps) / (total_steps - init_steps).
         """
-        if self.time_jitter <= 0 or step <= self.init_steps:
+        if self.time_jitter <= 0 or self.is_coarse(step):
             return 0.0
         p = (step - self.init_steps) / max(self.total_steps - self.init_steps, 1)
         start, end = self.time_jitter_window
@@ -473,7 +477,7 @@ class Trainer:
         """Frames (the middle one in the coarse stage), then per sample a random view with its
         background and conditioning (when the SDS is on), then the anchors of the anchor losses."""
         train = self.cfg.train
-        coarse = step <= train.init_steps
+        coarse = train.is_coarse(step)
         ratio = step_ratio(step, train.iters)
         if coarse:
             frames = [self.middle_frame] * train.batch_size
