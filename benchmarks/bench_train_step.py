@@ -9,7 +9,8 @@ The trainer is ``trainer.Trainer`` with ``configs/stag4d.yaml``, on a real datas
     python benchmarks/bench_train_step.py --path ../shared/data/minions --steps 30
     # several settings side by side (one guidance build; each --variant is NAME:key=value ...)
     python benchmarks/bench_train_step.py --path ../shared/data/minions \
-        --variant "plain: guidance_cuda_graph=false guidance_cuda_graph_vae=false" --variant "defaults:"
+        --variant "eager: guidance_compile=false guidance_channels_last=false guidance_cudnn_benchmark=false" \
+        --variant "defaults:"
     # the whole default schedule (8000 steps with resolution schedule and densification), wall time
     python benchmarks/bench_train_step.py --path ../shared/data/minions --full
 
@@ -50,7 +51,6 @@ def build_trainer(args, guide, overrides: list[str]):
     """A trainer over ``guide`` whose speed options are set from the config (guidance keys included)."""
     cfg = load_config(args.config, [f"path={args.path}", "save_path=bench_train_step", f"device={args.device}",
                                     f"outdir={args.outdir}", f"valid_dir={args.outdir}/valid", *overrides])
-    guide.unet_forward, guide.vae_moments = guide.unet, guide.posterior_moments  # undo a previous variant's
     guide.optimize_from_config(cfg.guidance)
     return Trainer(cfg, guidance=guide)
 
@@ -130,7 +130,6 @@ def main() -> None:
                         help="step counter before timing: fine stage, ratio 1 (512 renders), past densification")
     parser.add_argument("--full", action="store_true", help="run the whole default schedule and print wall time")
     parser.add_argument("--segment", type=int, default=500, help="--full: steps per timed segment")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the guidance UNet (guidance_compile=true)")
     parser.add_argument("--tiny", action="store_true", help="tiny guidance (smoke test of this script on CPU)")
     parser.add_argument("--outdir", default="/tmp/bench_train_step")
     parser.add_argument("--variant", action="append", default=[],
@@ -138,7 +137,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. num_pts=10000 batch_size=4")
     args = parser.parse_args()
     cuda = torch.device(args.device).type == "cuda"
-    common = list(args.overrides) + (["guidance_compile=true"] if args.compile else [])
+    common = list(args.overrides)
 
     t0 = time.perf_counter()
     guide = build_guidance(args)
@@ -157,7 +156,12 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         trainer.step = args.start_step
         t1 = time.perf_counter()
-        times, _ = time_calls(trainer.train_step, cuda, args.warmup, args.steps)
+        try:
+            times, _ = time_calls(trainer.train_step, cuda, args.warmup, args.steps)
+        except Exception as err:  # one setting that fails (e.g. a compile error) leaves the others' rows
+            print(f"[{label}] failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", flush=True)
+            del trainer
+            continue
         warm_s = time.perf_counter() - t1
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         breakdowns[label] = phase_breakdown(trainer, args.profile_steps)

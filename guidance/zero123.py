@@ -454,24 +454,30 @@ class Zero123Guidance:
         self.cfg = cfg
         self.optimize(channels_last=cfg.guidance_channels_last, compile=cfg.guidance_compile,
                       compile_mode=cfg.guidance_compile_mode, cuda_graph=cfg.guidance_cuda_graph,
-                      cuda_graph_vae=cfg.guidance_cuda_graph_vae)
+                      cuda_graph_vae=cfg.guidance_cuda_graph_vae, cudnn_benchmark=cfg.guidance_cudnn_benchmark)
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
-                 cuda_graph: bool = False, cuda_graph_vae: bool = False) -> None:
-        """Speed options: channels_last memory format for the UNet and the VAE; torch.compile
-        (``compile_mode``) of the UNet and of the VAE encoder (forward and backward; the first call
-        compiles, ~1 min); ``cuda_graph``: the UNet forward replayed from a CUDA graph (CUDA only,
+                 cuda_graph: bool = False, cuda_graph_vae: bool = False, cudnn_benchmark: bool = False) -> None:
+        """Speed options, all CUDA only (inert on the CPU): channels_last memory format for the UNet
+        and the VAE; torch.compile (``compile_mode``) of the UNet and of the VAE encoder (forward and backward; the
+        first call compiles, ~80 s on an H200, ~15 s with inductor's on-disk cache of an earlier
+        run; a failing compiled call warns and runs eagerly); ``cuda_graph``: the UNet forward replayed from a CUDA graph (CUDA only,
         the same kernels as eager, no compile; when both are set the graph replays the compiled
-        UNet's kernels); ``cuda_graph_vae``: the VAE encoder's forward and backward likewise."""
-        if channels_last:
-            self.memory_format = torch.channels_last
-            self.unet.to(memory_format=torch.channels_last)
-            self.vae.to(memory_format=torch.channels_last)
-        if compile:
+        UNet's kernels); ``cuda_graph_vae``: the VAE encoder's forward and backward likewise;
+        ``cudnn_benchmark``: cuDNN times its convolution algorithms once per shape (before a CUDA
+        graph captures them) and keeps the fastest. Every call sets every option, so a second call
+        undoes what the first turned on (the memory format included)."""
+        on_cuda = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if channels_last and on_cuda else torch.contiguous_format
+        self.unet.to(memory_format=self.memory_format)
+        self.vae.to(memory_format=self.memory_format)
+        self.unet_forward, self.vae_moments = self.unet, self.posterior_moments
+        if on_cuda:
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+        if compile and on_cuda:
             mode = None if compile_mode in ("", "default") else compile_mode
             self.unet_forward = torch.compile(self.unet, mode=mode)
             self.vae_moments = torch.compile(self.posterior_moments, mode=mode)
-        on_cuda = self.device.type == "cuda"
         self.graphed_unet = GraphedUNet(self.unet_forward) if cuda_graph and on_cuda else None
         self.graphed_encoder = GraphedEncoder(self.vae_moments) if cuda_graph_vae and on_cuda else None
 
@@ -548,6 +554,24 @@ class Zero123Guidance:
         noise = torch.randn(shape, generator=generator, device=self.device)
         return SDSNoise(latent_eps, timesteps, noise)
 
+    def _eager_or_compiled(self, name: str, *args, **kwargs):
+        """Call ``self.<name>`` (``unet_forward`` or ``vae_moments``); when it is a compiled version
+        and fails (no Triton, no C compiler, an unsupported op), warn once and run the eager one from
+        then on: ``guidance_compile`` is an optimization and must not end a run."""
+        eager = {"unet_forward": self.unet, "vae_moments": self.posterior_moments}[name]
+        function = getattr(self, name)
+        if function is eager:
+            return eager(*args, **kwargs)
+        try:
+            return function(*args, **kwargs)
+        except Exception as err:
+            # dynamo's first line is often only "backend='inductor' raised:"; the cause follows
+            summary = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:200]
+            warnings.warn(f"guidance_compile: the compiled {name} failed ({type(err).__name__}: {summary}); "
+                          "eager from now on (guidance_compile=false skips the attempt)")
+            setattr(self, name, eager)
+            return eager(*args, **kwargs)
+
     def posterior_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """VAE posterior of pixels [B, 3, H, W] in [-1, 1]: (mean, std), each [B, C, h, w]."""
         posterior = self.vae.encode(pixels).latent_dist
@@ -561,7 +585,7 @@ class Zero123Guidance:
             moments = self.graphed_encoder(pixels)
             if moments is None:  # capture failed (warned once): eager from now on
                 self.graphed_encoder = None
-        mean, std = moments if moments is not None else self.vae_moments(pixels)
+        mean, std = moments if moments is not None else self._eager_or_compiled("vae_moments", pixels)
         if latent_eps is None:
             latent_eps = torch.randn_like(mean)
         return (mean + std * latent_eps.to(mean.dtype)) * self.latent_scale
@@ -586,7 +610,8 @@ class Zero123Guidance:
             if eps is None:  # capture failed (warned once): eager from now on
                 self.graphed_unet = None
         if self.graphed_unet is None:
-            eps = self.unet_forward(latent_in, timesteps_in, encoder_hidden_states=context_in).sample
+            eps = self._eager_or_compiled("unet_forward", latent_in, timesteps_in,
+                                          encoder_hidden_states=context_in).sample
         eps_cond, eps_uncond = eps.float().chunk(2)
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
 

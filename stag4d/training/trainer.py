@@ -98,6 +98,8 @@ class TrainConfig:
     load_step: Optional[int] = setting(None, "resume step; null = the latest complete save", ge=0)
     overwrite: bool = setting(False, "start a new run in a save_path that holds a finished one (deletes its saves)")
     detect_anomaly: bool = setting(False, "torch autograd anomaly detection (slow; to find where a NaN starts)")
+    compile_deformation: bool = setting(False, "torch.compile the deformation field, forward and backward, for any "
+                                        "number of Gaussians (CUDA only; compiles at the first fine step)")
 
     def check(self) -> None:
         if len(self.render_res_sizes) != len(self.render_res_ratios) + 1:
@@ -353,6 +355,10 @@ class Trainer:
             self.guidance.prepare(ref_rgb, anchor_rgb)
 
         self.model = GaussianModel4D.create(cfg.model, cfg.deformation, seed=train.seed, device=self.device)
+        if train.compile_deformation and self.device.type == "cuda":
+            # in place: the parameters and their state-dict names stay those of the plain module;
+            # dynamic: densification changes the number of Gaussians every few hundred steps
+            self.model.deformation.compile(dynamic=True)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
         self.densify = cfg.densify
         self.densify_state = self.densify.initialize_state()
