@@ -714,6 +714,7 @@ def test_default_output_paths(workspace):
     (["frames=[a]"], "frames="),
     (["density_threshold=1.5"], "density_threshold=1.5 must be in"),
     (["mesh_resolution=8"], "mesh_resolution=8 must be"),
+    (["motion_smoothing=-1"], "motion_smoothing=-1 must be"),
     (["out=x.ply"], "give a path ending in .glb"),
     (["format=splat", "out=x.glb"], "writes a folder of frames"),
     (["fps=-1"], "fps=-1"),
@@ -748,6 +749,28 @@ def test_field_animation_moves_the_canonical_surface_by_the_field(workspace, mod
                                      bounds=model.deformation.cfg.bounds, progress=False)
     expected = mesh.deform_vertices(model, canonical.vertices, [i / T for i in range(T)])
     assert np.allclose(back.positions, expected, atol=1e-5)
+
+
+def test_motion_smoothing_reaches_the_animation(workspace, model):
+    """motion_smoothing=0: the vertices exactly where their Gaussians carry them; the default
+    (mesh.MOTION_SMOOTHING passes) smooths those displacements over the mesh."""
+    times = [i / T for i in range(T)]
+    reference = T // 2  # mesh_frame=null: the middle frame
+    cloud = GaussianCloud.from_params(model.gaussians_at(times[reference]))
+    surface = mesh.extract_surface(cloud, 32, 0.5, 600, 0.01, bounds=model.deformation.cfg.bounds, progress=False)
+    carried = mesh.carry_with_gaussians(model, surface.vertices, mesh.skin_to_gaussians(surface.vertices, cloud),
+                                        times[reference], times)
+    assert cli.make_options().motion_smoothing == mesh.MOTION_SMOOTHING > 0
+    exported = {}
+    for name, extra in (("raw", ["motion_smoothing=0"]), ("default", [])):
+        out = workspace / "out" / f"smoothing_{name}.glb"
+        cli.main(cli_args(workspace, f"out={out}", "mesh_resolution=32", "max_faces=600", *extra))
+        exported[name] = gltf.read_animated_glb(str(out)).positions
+    assert np.allclose(exported["raw"], carried, atol=1e-5)
+    smoothed = mesh.smooth_displacements(carried, surface.faces, reference)
+    assert np.allclose(exported["default"], smoothed, atol=1e-5)
+    assert np.abs(exported["default"] - exported["raw"]).max() > 1e-3
+    assert np.array_equal(exported["default"][reference], exported["raw"][reference])
 
 
 def test_mesh_frame_out_of_range(workspace):

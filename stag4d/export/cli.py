@@ -94,6 +94,10 @@ class ExportOptions:
                                           "deformation field at the vertices)", choices=mesh.ANIMATIONS)
     mesh_frame: Optional[int] = setting(None, "glb, animation=gaussians: the exported frame whose Gaussians are "
                                               "meshed; null = the middle one", ge=0)
+    motion_smoothing: int = setting(mesh.MOTION_SMOOTHING, "glb, animation=gaussians: neighbour-averaging passes "
+                                                           "over the vertices' displacements (0 = none; fewer: "
+                                                           "vertices follow their own Gaussians more closely, the "
+                                                           "surface may crumple)", ge=0)
     interpolation: str = setting("linear", "glb: between frames, linear (blend) or step (hold)",
                                  choices=gltf.INTERPOLATIONS)
     texture: str = setting("vertex", "glb: the Gaussians' colours as vertex colours (vertex) or baked into a UV "
@@ -307,7 +311,8 @@ def animated_surface(model: GaussianModel4D, timeline: Timeline, opts: ExportOpt
     if opts.animation == "gaussians":
         skinning = mesh.skin_to_gaussians(surface.vertices, cloud)
         positions = mesh.carry_with_gaussians(model, surface.vertices, skinning, reference_time, timeline.times)
-        positions = mesh.smooth_displacements(positions, surface.faces, reference_frame(opts, timeline))
+        positions = mesh.smooth_displacements(positions, surface.faces, reference_frame(opts, timeline),
+                                              opts.motion_smoothing)
     else:
         positions = mesh.deform_vertices(model, surface.vertices, timeline.times)
     return surface, positions
