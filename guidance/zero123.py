@@ -458,15 +458,17 @@ class Zero123Guidance:
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
                  cuda_graph: bool = False, cuda_graph_vae: bool = False, cudnn_benchmark: bool = False) -> None:
-        """Speed options, all CUDA only (inert on the CPU): channels_last memory format for the UNet
-        and the VAE; torch.compile (``compile_mode``) of the UNet and of the VAE encoder (forward and backward; the
-        first call compiles, ~80 s on an H200, ~15 s with inductor's on-disk cache of an earlier
-        run; a failing compiled call warns and runs eagerly); ``cuda_graph``: the UNet forward replayed from a CUDA graph (CUDA only,
-        the same kernels as eager, no compile; when both are set the graph replays the compiled
-        UNet's kernels); ``cuda_graph_vae``: the VAE encoder's forward and backward likewise;
-        ``cudnn_benchmark``: cuDNN times its convolution algorithms once per shape (before a CUDA
-        graph captures them) and keeps the fastest. Every call sets every option, so a second call
-        undoes what the first turned on (the memory format included)."""
+        """Speed options, all CUDA only (inert on the CPU).
+
+        ``channels_last``: that memory format for the UNet and the VAE. ``compile``: torch.compile
+        (``compile_mode``) of the UNet and of the VAE encoder, forward and backward; the first call
+        compiles (about 80 s on an H200, about 15 s from inductor's on-disk cache of an earlier
+        run), and a failing compiled call warns and runs eagerly. ``cuda_graph``: the UNet forward
+        replayed from a CUDA graph (the kernels of eager mode, or of the compiled UNet when both are
+        set). ``cuda_graph_vae``: the VAE encoder's forward and backward likewise.
+        ``cudnn_benchmark``: cuDNN times its convolution algorithms once per shape (before a graph
+        captures them) and keeps the fastest. Every call sets every option, so a second call undoes
+        what the first turned on (the memory format included)."""
         on_cuda = self.device.type == "cuda"
         self.memory_format = torch.channels_last if channels_last and on_cuda else torch.contiguous_format
         self.unet.to(memory_format=self.memory_format)
