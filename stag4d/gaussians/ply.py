@@ -88,9 +88,8 @@ def write_gaussian_ply(path: str, gaussians: GaussianArrays) -> None:
         axis=1,
     ).astype(np.float32)
     names = attribute_names(num_rest)
-    vertices = np.empty(n, dtype=[(name, "<f4") for name in names])
-    for i, name in enumerate(names):
-        vertices[name] = columns[:, i]
+    # the rows of the contiguous float32 table already are the PLY's records: a view, no copy
+    vertices = np.ascontiguousarray(columns, dtype="<f4").view([(name, "<f4") for name in names]).reshape(n)
     with atomic_path(path) as tmp:
         PlyData([PlyElement.describe(vertices, "vertex")], byte_order="<").write(tmp)
 
