@@ -462,8 +462,8 @@ class Zero123Guidance:
 
         ``channels_last``: that memory format for the UNet and the VAE. ``compile``: torch.compile
         (``compile_mode``) of the UNet and of the VAE encoder, forward and backward; the first call
-        compiles (about 80 s on an H200, about 15 s from inductor's on-disk cache of an earlier
-        run), and a failing compiled call warns and runs eagerly. ``cuda_graph``: the UNet forward
+        compiles (see ``GuidanceConfig.guidance_compile``), and a failing compiled call warns and
+        runs eagerly. ``cuda_graph``: the UNet forward
         replayed from a CUDA graph (the kernels of eager mode, or of the compiled UNet when both are
         set). ``cuda_graph_vae``: the VAE encoder's forward and backward likewise.
         ``cudnn_benchmark``: cuDNN times its convolution algorithms once per shape (before a graph

@@ -67,11 +67,21 @@ def _frames(num_frames=2, views=6, seed=1):
     return ref, anchors
 
 
-@pytest.fixture(scope="module")
-def prepared(guide):
+def _prepare(guide):
     ref, anchors = _frames()
     guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))
     return guide
+
+
+@pytest.fixture(scope="module")
+def prepared(guide):
+    return _prepare(guide)
+
+
+@pytest.fixture
+def own_prepared(tiny_model_dir):
+    """A prepared guidance of the test's own, for tests that change its speed options."""
+    return _prepare(load_guidance(GuidanceConfig(zero123_model=tiny_model_dir), "cpu"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,37 +270,36 @@ def test_sds_conditioning_changes_with_the_view(prepared):
     assert other_view.item() != base.item() and other_pose.item() != base.item()
 
 
-def test_speed_options_are_inert_on_the_cpu(tiny_model_dir):
-    """channels-last and torch.compile are CUDA only (tests/test_train_speed.py compares them with
-    the plain path there): on the CPU the modules stay as they are and the loss is the same."""
-    guide = load_guidance(GuidanceConfig(zero123_model=tiny_model_dir), "cpu")
-    ref, anchors = _frames()
-    guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))
+def _sds_of_two(guide):
+    """The SDS loss of two fixed renders with fixed draws."""
     images, *rest = _batch(size=2)
     noise = guide.draw_noise(2, step=0, generator=torch.Generator().manual_seed(4))
-    eager = guide.sds_loss(images, *rest, step=0, noise=noise)
+    return guide.sds_loss(images, *rest, step=0, noise=noise)
+
+
+def test_speed_options_are_inert_on_the_cpu(own_prepared):
+    """channels-last and torch.compile are CUDA only (tests/test_train_speed.py compares them with
+    the plain path there): on the CPU the modules stay as they are and the loss is the same."""
+    guide = own_prepared
+    eager = _sds_of_two(guide)
     guide.optimize(channels_last=True, compile=True, cudnn_benchmark=True)
     assert guide.unet.conv_in.weight.is_contiguous() and guide.unet_forward is guide.unet
     assert guide.vae_moments == guide.posterior_moments
-    assert guide.sds_loss(images, *rest, step=0, noise=noise).item() == eager.item()
+    assert _sds_of_two(guide).item() == eager.item()
 
 
-def test_a_failing_compiled_network_falls_back_to_eager(tiny_model_dir):
+def test_a_failing_compiled_network_falls_back_to_eager(own_prepared):
     """A compiled UNet / VAE encoder that raises (no Triton, a compiler error) warns once and the
     eager module runs instead, from then on; the loss is the eager one."""
-    guide = load_guidance(GuidanceConfig(zero123_model=tiny_model_dir), "cpu")
-    ref, anchors = _frames()
-    guide.prepare(ref, anchors, generator=torch.Generator().manual_seed(0))
-    images, *rest = _batch(size=2)
-    noise = guide.draw_noise(2, step=0, generator=torch.Generator().manual_seed(4))
-    eager = guide.sds_loss(images, *rest, step=0, noise=noise)
+    guide = own_prepared
+    eager = _sds_of_two(guide)
 
     def broken(*args, **kwargs):
         raise RuntimeError("backend='inductor' raised:\nRuntimeError: Cannot find a working triton installation")
 
     guide.unet_forward = guide.vae_moments = broken
     with pytest.warns(UserWarning, match="compiled unet_forward failed .*Cannot find a working triton") as record:
-        loss = guide.sds_loss(images, *rest, step=0, noise=noise)
+        loss = _sds_of_two(guide)
     assert sum("compiled vae_moments failed" in str(w.message) for w in record) == 1
     assert loss.item() == eager.item()
     assert guide.unet_forward is guide.unet and guide.vae_moments == guide.posterior_moments

@@ -13,14 +13,15 @@ from test_trainer import tiny_config
 from guidance.zero123 import GraphedEncoder, GraphedUNet, Zero123Guidance
 from stag4d.training.trainer import Trainer
 
+GRAPHS = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true"]
 NOT_COMPILED = ["guidance_compile=false", "guidance_channels_last=false", "guidance_cudnn_benchmark=false"]
 PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_adam=false"] + NOT_COMPILED
 # the graphs and fused Adam alone (the same kernels as PLAIN)
-FAST = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true"] + NOT_COMPILED
+FAST = GRAPHS + NOT_COMPILED
 # the defaults (the graphs, torch.compile of the guidance, its convolution options) and the
 # deformation field compiled too
-COMPILED = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true", "guidance_compile=true",
-            "guidance_channels_last=true", "guidance_cudnn_benchmark=true", "compile_deformation=true"]
+COMPILED = GRAPHS + ["guidance_compile=true", "guidance_channels_last=true", "guidance_cudnn_benchmark=true",
+                     "compile_deformation=true"]
 
 
 def run_steps(cfg, steps: int = 2):

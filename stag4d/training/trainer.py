@@ -700,8 +700,9 @@ class Trainer:
         bar = tqdm(total=end - self.step, desc=out.save_path, dynamic_ncols=True, disable=not sys.stderr.isatty())
         if self.uses_sds and self.cfg.guidance.guidance_compile and self.device.type == "cuda":
             # the first step compiles: without a word it would look like a hang
-            print("guidance_compile: the first step compiles the guidance (about 80 s on a new machine, 15 s from "
-                  "inductor's cache after that; guidance_compile=false skips it)", file=sys.stderr, flush=True)
+            print("guidance_compile: the first step compiles the guidance (a minute or more on a new machine, "
+                  "seconds from inductor's cache after that; guidance_compile=false skips it)", file=sys.stderr,
+                  flush=True)
         with self._stop_on_signals():
             try:
                 while self.step < end:
