@@ -3,6 +3,7 @@
 # (views=reference) per row; the results are the " trained" / " held-out" / "temporal smoothness"
 # lines of $OUT/<name>.eval.log.
 #   benchmarks/ablate_time.sh [OUT] [CONFIG] [DATA] [HOLDOUT] [extra overrides for every run ...]
+# ONLY="name ..." (environment) runs just those rows.
 # Defaults: the fast demo variant on the CPU (the data is made first if missing). The short CPU runs
 # vary by up to 4 dB with the seed: compare rows at the same seed (pass seed=N as an extra override).
 set -u
@@ -16,6 +17,7 @@ MOTION=${MOTION:-"--cycles 2.5 --amplitude 1.6 --wobble 0.8"}
 [ -d "$DATA/ref" ] || python scripts/make_demo.py --out "$DATA" $MOTION > "$OUT/make.log" 2>&1
 run() {
   name=$1; shift
+  [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $name "* ]] || return 0
   start=$(date +%s.%N)
   python main.py --config "$CONFIG" path="$DATA" save_path="abl_$name" outdir="$OUT/logs" valid_dir="$OUT/valid" \
     valid_interval=0 holdout_frames="$HOLDOUT" overwrite=true "$@" > "$OUT/$name.train.log" 2>&1
@@ -44,3 +46,6 @@ run interp_late $INTERP time_jitter_reference=true "time_jitter_window=[0.5,1]" 
 run anchor_jitter_frame time_jitter=0.5 time_jitter_target=frame time_jitter_reference=false "$@"
 run anchor_jitter $INTERP time_jitter_reference=false "$@"
 run anchor_jitter_motion $INTERP time_jitter_reference=false lambda_motion_smooth=1000 "$@"
+run ref_share10 $INTERP time_jitter_reference=true time_jitter_reference_fraction=0.1 "$@"
+run ref_share25 $INTERP time_jitter_reference=true time_jitter_reference_fraction=0.25 "$@"
+run ref_share50 $INTERP time_jitter_reference=true time_jitter_reference_fraction=0.5 "$@"

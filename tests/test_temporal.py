@@ -133,11 +133,50 @@ def test_reference_view_keeps_the_frame_time_when_asked(tmp_path):
     for b, _ in batch.anchors:
         assert torch.allclose(gaussians[b].means, trainer.model.gaussians_at_times([batch.times[b]])[0].means, atol=1e-6)
     trainer.close()
-    # and with true the reference view is jittered with the rest
+    # and with true (in every sample) the reference view is jittered with the rest
     trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=1", "time_jitter=0.5", "batch_size=4", "overwrite=true",
-                                                   "time_jitter_reference=true"]))
+                                                   "time_jitter_reference=true", "time_jitter_reference_fraction=1"]))
     batch = trainer.sample_batch(2)
     assert batch.ref_times == batch.times and len(trainer.deform(batch)) == 4
+    trainer.close()
+
+
+def test_reference_jitter_fraction_jitters_that_share_of_the_samples(tmp_path):
+    def draws(share: float, seed: int = 0):
+        trainer = Trainer(tiny_config(tmp_path, extra=[
+            "init_steps=1", "time_jitter=0.5", "batch_size=8", "overwrite=true", f"seed={seed}",
+            "time_jitter_reference=true", f"time_jitter_reference_fraction={share}"]))
+        batches = [trainer.sample_batch(step) for step in range(2, 52)]
+        trainer.close()
+        return trainer, batches
+
+    trainer, batches = draws(0.25)
+    jittered = kept = 0
+    for batch in batches:
+        for frame, time, ref_time in zip(batch.frames, batch.times, batch.ref_times):
+            if time == trainer.frame_time(frame):
+                continue  # clamped at the clip's first or last frame: nothing tells the two apart
+            if ref_time == trainer.frame_time(frame):
+                kept += 1
+            else:
+                assert ref_time == time  # a jittered reference shares its sample's time
+                jittered += 1
+    assert 0.15 < jittered / (jittered + kept) < 0.35  # 400 draws of p = 0.25
+    # the extremes: none of them, or all of them (with no extra draws: the other times are those of the default)
+    _, none = draws(0.0)
+    assert all(b.ref_times == [trainer.frame_time(f) for f in b.frames] for b in none)
+    _, every = draws(1.0)
+    assert all(b.ref_times == b.times for b in every)
+
+
+def test_reference_jitter_false_keeps_every_reference_whatever_the_fraction(tmp_path):
+    # anchored.yaml sets a fraction; time_jitter_reference=false must still give back the anchor jitter alone
+    trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=1", "time_jitter=1", "time_jitter_target=interpolated",
+                                                   "batch_size=8", "time_jitter_reference=false",
+                                                   "time_jitter_reference_fraction=0.5"]))
+    batches = [trainer.sample_batch(step) for step in range(2, 12)]
+    assert all(b.ref_times == [trainer.frame_time(f) for f in b.frames] for b in batches)
+    assert any(b.times != b.ref_times for b in batches)
     trainer.close()
 
 

@@ -88,6 +88,9 @@ class TrainConfig:
                                       "either side of its time", choices=JITTER_TARGETS)
     time_jitter_reference: bool = setting(True, "ours: jitter the reference view too (false: it renders at the "
                                           "frame's own time, only the anchor and random views are jittered)")
+    time_jitter_reference_fraction: float = setting(1.0, "ours: with time_jitter_reference=true, the share of "
+                                                    "samples whose reference view is jittered (drawn per sample; "
+                                                    "the rest render at the frame's own time; unused when false)", ge=0, le=1)
     time_jitter_window: List[float] = setting([0.0, 1.0], "ours: [start, end] fractions of the fine stage during "
                                               "which the jitter is on", ge=0, le=1)
     time_jitter_decay: str = setting("none", "ours: within the window the jitter stays (none) or falls to 0 at its "
@@ -238,7 +241,8 @@ class Batch:
     Attributes:
         step: the global step; coarse: in the coarse stage; ratio: step_ratio.
         frames: B frame indices; times: their normalized times (jittered with ``time_jitter``).
-        ref_times: the times of the reference renders (the frames' own with time_jitter_reference=false).
+        ref_times: the times of the reference renders (the frames' own with time_jitter_reference=false,
+            and for the samples left out by time_jitter_reference_fraction).
         random_views: per sample, when the SDS is on (else empty); size: their render size.
         anchors: (sample, anchor view) pairs for the anchor losses (ours; else empty).
     """
@@ -497,7 +501,11 @@ class Trainer:
             times = [min(max(t + self.rng.uniform(-spread, spread), 0.0), (self.num_frames - 1) / self.num_frames)
                      for t in times]
             # the reference view has a true image at the frame's time only; off, it stays there
-            ref_times = times if train.time_jitter_reference else ref_times
+            if train.time_jitter_reference:
+                share = train.time_jitter_reference_fraction
+                # no draws at the default 1, so runs without the option keep their random stream
+                ref_times = times if share >= 1 else [t if self.rng.random() < share else r
+                                                      for t, r in zip(times, ref_times)]
         batch = Batch(step, coarse, ratio, frames, times, list(ref_times))
         if self.uses_sds:
             batch.size = random_view_size(ratio, train.render_res_ratios, train.render_res_sizes)
