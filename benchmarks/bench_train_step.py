@@ -71,6 +71,31 @@ def phase_breakdown(trainer, steps: int) -> dict[str, float]:
     return timer.per_step(nested=tuple(GUIDANCE_PHASES.values()))
 
 
+def kernel_table(trainer, steps: int, rows: int, cuda: bool) -> str:
+    """The ``rows`` device kernels (CPU ops without CUDA) taking the most time over ``steps`` steps
+    under torch.profiler: per kernel, total and per-step milliseconds and its share of the listed
+    whole. Where a phase's time goes, kernel by kernel (e.g. the backward's)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    lines = [f"top {rows} kernels over {steps} steps (all kernels together {total / 1000 / steps:.1f} ms per step)",
+             "| kernel | calls per step | ms per step | share |", "|---|---|---|---|"]
+    for e in events[:rows]:
+        name = e.key if len(e.key) <= 90 else e.key[:87] + "..."
+        lines.append(f"| `{name}` | {e.count / steps:.0f} | {getattr(e, key) / 1000 / steps:.2f} "
+                     f"| {100 * getattr(e, key) / total:.1f}% |")
+    return "\n".join(lines)
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """"NAME: key=value key=value" -> (NAME, overrides)."""
     name, _, rest = text.partition(":")
@@ -128,6 +153,9 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--start-step", type=int, default=7000,
                         help="step counter before timing: fine stage, ratio 1 (512 renders), past densification")
+    parser.add_argument("--trace", type=int, default=0,
+                        help="also profile this many steps per setting and list its top kernels (torch.profiler)")
+    parser.add_argument("--trace-rows", type=int, default=25)
     parser.add_argument("--full", action="store_true", help="run the whole default schedule and print wall time")
     parser.add_argument("--segment", type=int, default=500, help="--full: steps per timed segment")
     parser.add_argument("--tiny", action="store_true", help="tiny guidance (smoke test of this script on CPU)")
@@ -165,6 +193,8 @@ def main() -> None:
         warm_s = time.perf_counter() - t1
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         breakdowns[label] = phase_breakdown(trainer, args.profile_steps)
+        if args.trace:
+            print(f"[{label}] " + kernel_table(trainer, args.trace, args.trace_rows, cuda), flush=True)
         rows.append((label, extra, statistics.median(times), percentile(times, 0.1), percentile(times, 0.9), peak,
                      warm_s, trainer.model.num))
         # streamed as each setting finishes (a long run cut short keeps what it measured)

@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -104,6 +105,16 @@ def test_same_seed_is_bit_identical_and_grid_has_output_size(tiny_model):
     assert a.shape == (HEIGHT, WIDTH, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_loading_reports_each_component_and_leaves_torch_as_it_was(tiny_model):
+    pipe = load_pipeline(tiny_model, device="cpu")
+    assert list(pipe.load_seconds) == ["vae", "unet", "text_encoder", "vision_encoder"]
+    assert all(seconds >= 0 for seconds in pipe.load_seconds.values())
+    # the loaders patch torch while they build (default dtype, empty-weight init); none of it may stay
+    assert torch.get_default_dtype() == torch.float32
+    layer = torch.nn.Linear(2, 2)
+    assert layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32
 
 
 def test_split_grid_follows_tile_box():

@@ -253,7 +253,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with quiet_hub_warnings():
             pipe = load_pipeline(args.model, device=device)
         loaded = time.perf_counter()
-        print(f"loaded Zero123++ from {args.model} on {device} in {loaded - begin:.1f} s")
+        parts = ", ".join(f"{name} {sec:.1f}" for name, sec in pipe.load_seconds.items())
+        print(f"loaded Zero123++ from {args.model} on {device} in {loaded - begin:.1f} s ({parts})")
         anchor = None
         if anchored:
             anchor = TemporalAnchor("record", blend=args.anchor_blend,

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -207,6 +208,7 @@ class Zero123PlusPipeline:
         # (shape of the VAE view, empty-prompt encoding, VAE posterior of an all-zero view): the
         # unconditional branch's inputs, the same for every frame, so computed once (_unconditional)
         self._unconditional_cache: tuple | None = None
+        self.load_seconds: dict[str, float] = {}  # per component, set by load_pipeline
 
     @property
     def vae_scale_factor(self) -> int:
@@ -379,6 +381,9 @@ def _branch_major(per_frame: Sequence[torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+MODULES = ("vae", "unet", "text_encoder", "vision_encoder")  # the components with weights
+
+
 def load_pipeline(
     model: str = DEFAULT_MODEL_ID,
     device: torch.device | str = "cpu",
@@ -386,7 +391,10 @@ def load_pipeline(
 ) -> Zero123PlusPipeline:
     """Load Zero123++ from a hub id or a local folder in its diffusers layout.
 
-    fp16 on CUDA, fp32 elsewhere unless ``dtype`` says otherwise.
+    fp16 on CUDA, fp32 elsewhere unless ``dtype`` says otherwise. Each weighted component is read,
+    cast and moved to ``device`` in turn (the seconds each took are in the pipeline's
+    ``load_seconds``). Not on threads: diffusers and transformers build models under process-wide
+    patches (empty-weight init, default dtype), and two loads at once leave them behind.
 
     Raises:
         errors.ModelUnavailable: the folder or id cannot be found or a component cannot be
@@ -410,13 +418,22 @@ def load_pipeline(
     )
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+    loaders = {  # the CLIP towers are cast after loading: transformers renamed its dtype keyword
+        "vae": (AutoencoderKL.from_pretrained, {"torch_dtype": dtype}),
+        "unet": (UNet2DConditionModel.from_pretrained, {"torch_dtype": dtype}),
+        "text_encoder": (CLIPTextModel.from_pretrained, {}),
+        "vision_encoder": (CLIPVisionModelWithProjection.from_pretrained, {}),
+    }
+    modules, seconds = {}, {}
+    for name in MODULES:
+        begin = time.perf_counter()
+        loader, kwargs = loaders[name]
+        modules[name] = _to(_load(loader, model, name, **kwargs), device, dtype)
+        seconds[name] = time.perf_counter() - begin
     scheduler_config = _load(EulerAncestralDiscreteScheduler.load_config, model, "scheduler")
-    return Zero123PlusPipeline(
-        vae=_load(AutoencoderKL.from_pretrained, model, "vae", torch_dtype=dtype),
-        unet=_load(UNet2DConditionModel.from_pretrained, model, "unet", torch_dtype=dtype),
-        text_encoder=_load(CLIPTextModel.from_pretrained, model, "text_encoder"),
+    pipe = Zero123PlusPipeline(
+        **modules,
         tokenizer=_load(CLIPTokenizer.from_pretrained, model, "tokenizer"),
-        vision_encoder=_load(CLIPVisionModelWithProjection.from_pretrained, model, "vision_encoder"),
         scheduler_config=dict(scheduler_config),
         vae_preprocess=ImagePreprocess.from_config(
             _read_json(model, "feature_extractor_vae/preprocessor_config.json")),
@@ -426,6 +443,8 @@ def load_pipeline(
         device=device,
         dtype=dtype,
     )
+    pipe.load_seconds = seconds
+    return pipe
 
 
 def _is_local(model: str) -> bool:
