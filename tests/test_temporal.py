@@ -142,10 +142,10 @@ def test_reference_view_keeps_the_frame_time_when_asked(tmp_path):
 
 
 def test_reference_jitter_fraction_jitters_that_share_of_the_samples(tmp_path):
-    def draws(share: float, seed: int = 0):
+    def draws(share: float, reference: bool = True):
         trainer = Trainer(tiny_config(tmp_path, extra=[
-            "init_steps=1", "time_jitter=0.5", "batch_size=8", "overwrite=true", f"seed={seed}",
-            "time_jitter_reference=true", f"time_jitter_reference_fraction={share}"]))
+            "init_steps=1", "time_jitter=0.5", "batch_size=8", "overwrite=true",
+            f"time_jitter_reference={str(reference).lower()}", f"time_jitter_reference_fraction={share}"]))
         batches = [trainer.sample_batch(step) for step in range(2, 52)]
         trainer.close()
         return trainer, batches
@@ -162,11 +162,15 @@ def test_reference_jitter_fraction_jitters_that_share_of_the_samples(tmp_path):
                 assert ref_time == time  # a jittered reference shares its sample's time
                 jittered += 1
     assert 0.15 < jittered / (jittered + kept) < 0.35  # 400 draws of p = 0.25
-    # the extremes: none of them, or all of them (with no extra draws: the other times are those of the default)
+    # the extremes: none of them, or all of them
     _, none = draws(0.0)
     assert all(b.ref_times == [trainer.frame_time(f) for f in b.frames] for b in none)
     _, every = draws(1.0)
     assert all(b.ref_times == b.times for b in every)
+    # at 1 nothing more is drawn: the samples' times are those of a run that draws no reference times at all
+    _, unjittered = draws(1.0, reference=False)
+    assert [b.times for b in every] == [b.times for b in unjittered]
+    assert [b.times for b in batches] != [b.times for b in unjittered]  # a share < 1 draws, so this can fail
 
 
 def test_reference_jitter_false_keeps_every_reference_whatever_the_fraction(tmp_path):
