@@ -5,8 +5,8 @@
                     python -m guidance.random_model Z123XL --fp16)
 
 Each measurement is a fresh Python process, as a user's command is: the imports (torch, diffusers,
-transformers), the start of CUDA (one tensor on the device), then the load itself, each timed
-apart; the process's own wall time is the sum plus interpreter start. Rows:
+transformers), the start of CUDA (one tensor on the device), then the load itself (with the model
+classes' own modules, which diffusers and transformers import on first use), each timed apart; the process's own wall time is the sum plus interpreter start. Rows:
 
 * ``zero123pp``: gen_mv's ``load_pipeline``, with the seconds of each weighted component (read,
   cast, moved to the device);
