@@ -90,7 +90,8 @@ class TrainConfig:
                                           "frame's own time, only the anchor and random views are jittered)")
     time_jitter_reference_fraction: float = setting(1.0, "ours: with time_jitter_reference=true, the share of "
                                                     "samples whose reference view is jittered (drawn per sample; "
-                                                    "the rest render at the frame's own time; unused when false)", ge=0, le=1)
+                                                    "the rest render at the frame's own time; unused when false)",
+                                                    ge=0, le=1)
     time_jitter_window: List[float] = setting([0.0, 1.0], "ours: [start, end] fractions of the fine stage during "
                                               "which the jitter is on", ge=0, le=1)
     time_jitter_decay: str = setting("none", "ours: within the window the jitter stays (none) or falls to 0 at its "
@@ -536,8 +537,9 @@ class Trainer:
     def deform(self, batch: Batch) -> list[GaussianParams]:
         """The Gaussians of each sample: canonical in the coarse stage (no deformation), else
         deformed to the sample's time (one deformation call for the batch). When the reference
-        renders have their own times (``time_jitter_reference=false``) the list has 2B entries:
-        the samples' times, then the reference times."""
+        renders have their own times (``time_jitter_reference=false``, or a
+        ``time_jitter_reference_fraction`` below 1) the list has 2B entries: the samples' times,
+        then the reference times."""
         if batch.coarse:
             return [self.model.gaussians_at(None)] * len(batch.frames)
         if self._separate_ref_times(batch):
@@ -574,7 +576,8 @@ class Trainer:
         losses: dict[str, torch.Tensor] = {}
         # the target images of each sample: its frame's, or blended between trained frames (ours)
         blend = [self.target_frames(f, t) for f, t in zip(frames, batch.times)]
-        ref_blend = [self.target_frames(f, t) for f, t in zip(frames, batch.ref_times or batch.times)]
+        ref_times = batch.ref_times or batch.times
+        ref_blend = blend if ref_times == batch.times else [self.target_frames(f, t) for f, t in zip(frames, ref_times)]
         # 1. reference view: per-sample MSE summed over samples, as the released loop adds one loss per sample
         if renders.reference:
             if cfg.lambda_ref_rgb > 0:
