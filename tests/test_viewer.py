@@ -280,21 +280,26 @@ def test_training_stops_and_saves_at_total_steps_then_views_the_saved_model(disc
 
 
 @pytest.fixture(scope="module")
-def xvfb_display():
-    """A private Xvfb server; its DISPLAY name. Skips when dearpygui cannot open a viewport there."""
+def xvfb_server(tmp_path_factory):
+    """A private Xvfb server: (DISPLAY name, process, log path). Skips when dearpygui cannot open a
+    viewport there. ``-noreset``: by default Xvfb regenerates itself whenever its last client leaves
+    (here, after every window), and a server that dies in that reset fails the next window's test."""
     pytest.importorskip("dearpygui")
     executable = shutil.which("Xvfb")
     if executable is None:
         pytest.skip("Xvfb is not installed (apt-get install -y xvfb xauth libgl1-mesa-dri)")
+    log_path = tmp_path_factory.mktemp("xvfb") / "xvfb.log"
+    log = open(log_path, "wb")
     read_fd, write_fd = os.pipe()
-    server = subprocess.Popen([executable, "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                              pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([executable, "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp",
+                               "-noreset"], pass_fds=(write_fd,), stdout=log, stderr=log)
     os.close(write_fd)
 
     def stop() -> None:
         server.terminate()
         server.wait(timeout=10)
         os.close(read_fd)  # only now: Xvfb dies of SIGPIPE when it writes to a closed pipe
+        log.close()
 
     ready, _, _ = select.select([read_fd], [], [], 30.0)
     number = os.read(read_fd, 64).decode().strip() if ready else ""
@@ -306,8 +311,18 @@ def xvfb_display():
     if not ok:
         stop()
         pytest.skip(f"dearpygui cannot open an OpenGL viewport under Xvfb: {reason}")
-    yield display
+    yield display, server, log_path
     stop()
+
+
+@pytest.fixture
+def xvfb_display(xvfb_server) -> str:
+    """The shared Xvfb's DISPLAY name, after checking that the server is still running."""
+    display, server, log_path = xvfb_server
+    if server.poll() is not None:
+        pytest.fail(f"Xvfb {display} exited (status {server.returncode}) before this test; its log:\n"
+                    f"{log_path.read_text(errors='replace')[-2000:]}")
+    return display
 
 
 def display_env(display: str) -> dict:
