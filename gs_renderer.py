@@ -212,11 +212,14 @@ class GaussianModel4D(nn.Module):
 
     def save(self, folder: str) -> None:
         """Write ``folder/model.ply`` (canonical, raw 3DGS PLY) and ``folder/deformation.pt``."""
-        os.makedirs(folder, exist_ok=True)
-        write_gaussian_ply(os.path.join(folder, MODEL_PLY), self.canonical_arrays())
-        state = {k: v.detach().cpu() for k, v in self.deformation.state_dict().items()}
-        torch_save({"format": DEFORMATION_FORMAT, "config": self.deformation.cfg.to_dict(), "state_dict": state},
-                   os.path.join(folder, DEFORMATION_FILE))
+        write_model(folder, *self.saved_state())
+
+    def saved_state(self) -> tuple[GaussianArrays, dict]:
+        """What :meth:`save` writes, as host copies that later training steps leave alone (so
+        :func:`write_model` may run on another thread): the canonical arrays, deformation.pt's content."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.deformation.state_dict().items()}
+        return self.canonical_arrays(), {"format": DEFORMATION_FORMAT, "config": self.deformation.cfg.to_dict(),
+                                         "state_dict": state}
 
     @classmethod
     def load(cls, folder: str, device: torch.device | str = "cpu") -> "GaussianModel4D":
@@ -249,14 +252,26 @@ class GaussianModel4D(nn.Module):
     @torch.no_grad()
     def export_frame_ply(self, path: str, time: float | None) -> None:
         """Write the Gaussians at ``time`` (deformed; canonical for None) as a standard 3DGS PLY."""
+        write_gaussian_ply(path, self.frame_arrays(time))
+
+    @torch.no_grad()
+    def frame_arrays(self, time: float | None) -> GaussianArrays:
+        """The Gaussians at ``time`` (deformed; canonical for None) as host arrays of their own."""
         g = self.gaussians_at(time)
-        write_gaussian_ply(path, _arrays(g.means, g.sh[:, :1], g.sh[:, 1:], g.opacity_logits, g.log_scales, g.quats))
+        return _arrays(g.means, g.sh[:, :1], g.sh[:, 1:], g.opacity_logits, g.log_scales, g.quats)
+
+
+def write_model(folder: str, arrays: GaussianArrays, deformation: dict) -> None:
+    """``folder/model.ply`` and ``folder/deformation.pt`` from :meth:`GaussianModel4D.saved_state`."""
+    os.makedirs(folder, exist_ok=True)
+    write_gaussian_ply(os.path.join(folder, MODEL_PLY), arrays)
+    torch_save(deformation, os.path.join(folder, DEFORMATION_FILE))
 
 
 def _arrays(means: Tensor, sh_dc: Tensor, sh_rest: Tensor, opacity_logits: Tensor, log_scales: Tensor,
             quats: Tensor) -> GaussianArrays:
-    def np32(t: Tensor) -> np.ndarray:
-        return t.detach().to("cpu", torch.float32).numpy()
+    def np32(t: Tensor) -> np.ndarray:  # a copy even on the CPU: the caller may keep it while training goes on
+        return t.detach().to("cpu", torch.float32, copy=True).numpy()
 
     return GaussianArrays(means=np32(means), sh_dc=np32(sh_dc), sh_rest=np32(sh_rest),
                           opacity_logits=np32(opacity_logits), log_scales=np32(log_scales), quats=np32(quats))

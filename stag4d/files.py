@@ -11,9 +11,11 @@ import contextlib
 import errno
 import glob
 import os
+import queue
 import shutil
 import tempfile
-from typing import Iterator
+import threading
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -122,3 +124,67 @@ def write_text(path: str, text: str) -> None:
 def _pil_format(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(ext, "PNG")
+
+
+# ------------------------------------------------------------------------------------------------
+# writing while the work goes on
+
+
+def host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor replaced by a detached CPU copy of its own (dicts, lists and tuples
+    are walked): what a :class:`BackgroundWriter` job may hold while training changes the originals
+    in place (a CPU tensor's ``.cpu()`` would be the same memory)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: host_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(value) for value in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs file-writing jobs on one worker thread, one after another in the order given, so that
+    the caller goes on (training) while a save or a validation reaches the disk.
+
+    A job must hold only data that nothing else changes (:func:`host_copy`). At most
+    ``max_pending`` jobs wait; a further :meth:`submit` blocks until one is done, so memory stays
+    bounded. The first failure (a full disk, say) is raised in the caller's thread by the next
+    :meth:`submit` or :meth:`wait`, and the jobs queued after it are dropped: a save whose files
+    cannot all be written is never completed by a later one. The thread is a daemon: a process
+    that exits without :meth:`wait` loses the jobs in flight as a kill would (every file is atomic).
+    """
+
+    def __init__(self, max_pending: int = 1):
+        self._jobs: "queue.Queue[Callable[[], None]]" = queue.Queue(maxsize=max_pending)
+        self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` (no arguments, its result unused); raises an earlier job's failure."""
+        self._raise_error()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="stag4d-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def wait(self) -> None:
+        """Return once every queued job is done; raises the first failure (once)."""
+        self._jobs.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if self._error is None:
+                    job()
+            except BaseException as err:  # handed to the caller's thread
+                self._error = err
+            finally:
+                self._jobs.task_done()

@@ -42,14 +42,15 @@ import torch
 from tqdm import tqdm
 
 from cam_utils import Camera
-from gs_renderer import GaussianModel4D
+from gs_renderer import GaussianModel4D, write_model
 from guidance import Guidance, load_guidance
 from guidance.conditioning import choose_condition_view, sample_random_view
 from stag4d.data.frames import load_frames
 from stag4d.data.video import to_uint8, write_video  # atomic H.264 through the ffmpeg binary (imageio-ffmpeg)
 from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, TrainingStopped, UserError
-from stag4d.files import save_image, torch_save, write_text
+from stag4d.files import BackgroundWriter, host_copy, save_image, torch_save, write_text
+from stag4d.gaussians.ply import write_gaussian_ply
 from stag4d.rasterizer import BACKENDS, GaussianParams, RenderOutput, render, render_batch
 from stag4d.settings import ConfigError, setting, to_container, to_yaml
 from stag4d.training import runs
@@ -160,6 +161,9 @@ class OutputConfig:
     video_round_step: str = setting("exact", "visualize.py's turning video: 360 / F degrees per frame (exact) or "
                                     "360 // F (integer, released)", choices=("exact", "integer"))
     export_frames: bool = setting(True, "also write frames/<i>.ply (the deformed Gaussians) at every save")
+    background_writes: bool = setting(True, "the training loop's saves and validation renders reach the disk on a "
+                                      "worker thread while training goes on (the same files; a save is complete "
+                                      "when its checkpoint.pt appears, as always)")
 
     def check(self) -> None:
         if self.save_path:
@@ -301,6 +305,7 @@ class Trainer:
         """
         self.cfg = cfg
         train = cfg.train
+        self.writer = BackgroundWriter()  # saves and validations; the loop waits for it only at the end
         # The run folder first: a second writer, a finished run or a resume past the end stop here,
         # before any data or model is loaded.
         resume_folder, resume_step = None, None
@@ -379,8 +384,12 @@ class Trainer:
         self._losses_header_checked = False  # losses.csv's columns, checked at the first log only
 
     def close(self) -> None:
-        """Release the run folder (the lock; also done at interpreter exit)."""
-        self.lock.release()
+        """Finish the writes in flight, then release the run folder (the lock; also done at
+        interpreter exit)."""
+        try:
+            self.writer.wait()
+        finally:
+            self.lock.release()
 
     def _can_produce(self, key: str) -> bool:
         """Whether the config can produce the loss ``key`` (a column of losses.csv)."""
@@ -737,14 +746,23 @@ class Trainer:
                                         **{k: f"{v:.4g}" for k, v in means.items()})
                         sums, count, interval_start = {}, 0, time_module.perf_counter()
                     if out.valid_interval and self.step % out.valid_interval == 0:
-                        self.validate(self.step)
+                        self.validate(self.step, wait=not out.background_writes)
                     if out.save_step and self.step % out.save_step == 0:
-                        self.save(self.step)
+                        self.save(self.step, wait=not out.background_writes)
                     if self._stop_signal is not None:
                         self._stop_after_signal()
+            except KeyboardInterrupt:  # a second signal: stop at once (a save in flight stays incomplete)
+                raise
+            except BaseException:
+                # the saves queued before the failure are complete and valid: let them reach the disk
+                with contextlib.suppress(Exception):
+                    self.writer.wait()
+                raise
             finally:
                 bar.close()
-        if not (out.save_step and self.step % out.save_step == 0):
+        if out.save_step and self.step % out.save_step == 0:
+            self.writer.wait()
+        else:
             self.save(self.step)
 
     @contextlib.contextmanager
@@ -825,29 +843,39 @@ class Trainer:
         return render(gaussians, camera.to(self.device), bg, backend=self.backend, scale_modifier=scale_modifier)
 
     @torch.no_grad()
-    def validate(self, step: int) -> list[str]:
+    def validate(self, step: int, wait: bool = True) -> list[str]:
         """Front (azimuth 0) and back (180) renders of every frame: NN.jpg and video.mp4 per view.
+
+        Renders now; the files are written by :attr:`writer`, before returning when ``wait``.
 
         Returns:
             the folders written, ``<valid_dir>/<save_path>/<step>_<front|back>``.
         """
         out = self.cfg.output
-        folders = []
+        views = []
         for name, azimuth in (("front", 0.0), ("back", 180.0)):
             folder = os.path.join(out.valid_dir, out.save_path, f"{step}_{name}")
             camera = self.cfg.camera.orbit(0.0, azimuth, self.cfg.data.ref_size, device=self.device)
-            frames = []
-            for i in range(self.num_frames):
-                image = to_uint8(self.render(camera, self.frame_time(i)).image)
-                save_image(os.path.join(folder, f"{i:02d}.jpg"), image)
-                frames.append(image)
-            write_video(os.path.join(folder, "video.mp4"), frames, fps=out.video_fps)
-            folders.append(folder)
-        return folders
+            views.append((folder, [to_uint8(self.render(camera, self.frame_time(i)).image)
+                                   for i in range(self.num_frames)]))
 
-    def save(self, step: Optional[int] = None) -> str:
+        def write() -> None:
+            for folder, frames in views:
+                for i, image in enumerate(frames):
+                    save_image(os.path.join(folder, f"{i:02d}.jpg"), image)
+                write_video(os.path.join(folder, "video.mp4"), frames, fps=out.video_fps)
+
+        self.writer.submit(write)
+        if wait:
+            self.writer.wait()
+        return [folder for folder, _ in views]
+
+    def save(self, step: Optional[int] = None, wait: bool = True) -> str:
         """Write ``<outdir>/<save_path>/<step>/``: model.ply, deformation.pt, config.yaml, frames/, and
         last (atomically) checkpoint.pt, whose presence marks the folder as complete.
+
+        Everything is copied to the host now; the files are written by :attr:`writer`, before
+        returning when ``wait``.
         """
         step = self.step if step is None else int(step)
         self.check_finite()
@@ -856,15 +884,24 @@ class Trainer:
             raise TrainingStopped(f"step {step}: parameters {', '.join(bad)} are not finite; not saved (the last "
                                   f"complete save is kept)", exit_code=NON_FINITE_EXIT_CODE)
         folder = os.path.join(self.run_folder, str(step))
-        os.makedirs(folder, exist_ok=True)
-        self.model.save(folder)
-        write_text(os.path.join(folder, runs.CONFIG_FILE), to_yaml(self.cfg))
-        if self.cfg.output.export_frames:
-            with torch.no_grad():
-                for i in range(self.num_frames):
-                    self.model.export_frame_ply(os.path.join(folder, "frames", f"{i}.ply"), self.frame_time(i))
-        torch_save(self.checkpoint_state(), os.path.join(folder, runs.CHECKPOINT_FILE))
-        runs.delete_old_saves(self.run_folder, self.cfg.output.keep_last)
+        model = self.model.saved_state()
+        config = to_yaml(self.cfg)
+        frames = [self.model.frame_arrays(self.frame_time(i)) for i in range(self.num_frames)] \
+            if self.cfg.output.export_frames else []
+        checkpoint = host_copy(self.checkpoint_state())
+        run_folder, keep_last = self.run_folder, self.cfg.output.keep_last
+
+        def write() -> None:
+            write_model(folder, *model)
+            write_text(os.path.join(folder, runs.CONFIG_FILE), config)
+            for i, arrays in enumerate(frames):
+                write_gaussian_ply(os.path.join(folder, "frames", f"{i}.ply"), arrays)
+            torch_save(checkpoint, os.path.join(folder, runs.CHECKPOINT_FILE))
+            runs.delete_old_saves(run_folder, keep_last)
+
+        self.writer.submit(write)
+        if wait:
+            self.writer.wait()
         return folder
 
     def checkpoint_state(self) -> dict[str, Any]:
