@@ -35,11 +35,13 @@ from stag4d.data.make_demo import (
     reference_camera,
     to_gaussian_params,
 )
+from stag4d.evaluation import metrics
 from stag4d.rasterizer import render
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(-10.0 * np.log10(max(float(np.mean((a - b) ** 2)), 1e-12)))
+    """The project's PSNR (:func:`stag4d.evaluation.metrics.psnr`) of two [3, H, W] images."""
+    return float(metrics.psnr(torch.as_tensor(a), torch.as_tensor(b)))
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,7 @@ import torch
 
 import cam_utils
 from cam_utils import Camera
+from stag4d.data.video import quantize
 from stag4d.errors import UserError
 from stag4d.files import save_image
 from stag4d.rasterizer import RenderOutput
@@ -67,11 +68,6 @@ def blend_reference(view: np.ndarray, reference: torch.Tensor, amount: float) ->
                                               antialias=True)
     ref_np = ref[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     return ((1.0 - amount) * view + amount * ref_np).astype(np.float32)
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Float image in [0, 1] -> uint8, rounded."""
-    return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +206,7 @@ class ViewerController:
         if path is None:
             name = f"view_step{self.session.step}_t{self.time:.4f}_{self.mode}.png"
             path = os.path.join(self.session.screenshot_dir(), name)
-        save_image(path, to_uint8(image))
+        save_image(path, quantize(image))
         self.message = f"saved {path}"
         return path
 
@@ -304,4 +300,4 @@ class ViewerController:
 
 
 __all__ = ["ORBIT_DEGREES_PER_PIXEL", "PAN_UNITS_PER_PIXEL", "RENDER_MODES", "ViewerController", "blend_reference",
-           "display_image", "to_uint8"]
+           "display_image"]

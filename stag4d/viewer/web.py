@@ -36,10 +36,11 @@ from PIL import Image
 
 import cam_utils
 from cam_utils import Camera, CameraConfig
+from stag4d.data.video import quantize, to_uint8
 from stag4d.errors import UserError
 from stag4d.rasterizer.torch_backend import quat_to_rotmat
 from stag4d.viewer.config import DEFAULT_SIZE, ViewerConfig
-from stag4d.viewer.controller import RENDER_MODES, ViewerController, to_uint8
+from stag4d.viewer.controller import RENDER_MODES, ViewerController
 from stag4d.viewer.splats import Splats, splats_of
 
 IDLE_WAIT_S = 1.0 / 60.0  # longest wait for a browser's action between turns while not training
@@ -81,7 +82,7 @@ def camera_from_browser(position: Any, wxyz: Any, fov: float, aspect: float, hei
 def png_bytes(image: np.ndarray) -> bytes:
     """A float image [H, W, 3] in [0, 1] as PNG file bytes."""
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
+    Image.fromarray(quantize(image)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -243,7 +244,7 @@ class WebViewer(ViewerController):
         if tuple(frames.shape[-2:]) != (REFERENCE_PANEL_SIZE, REFERENCE_PANEL_SIZE):
             frames = torch.nn.functional.interpolate(frames, size=(REFERENCE_PANEL_SIZE, REFERENCE_PANEL_SIZE),
                                                      mode="bilinear", align_corners=False, antialias=True)
-        return [to_uint8(f.permute(1, 2, 0).cpu().numpy()) for f in frames]
+        return [to_uint8(f) for f in frames]
 
     def _reset_client_camera(self, client: Any) -> None:
         if client is None:
