@@ -11,9 +11,10 @@
    steps, guidance 4.0, the same seed for every frame) into a 640x960 grid of six 320x320 views.
    With the temporal anchor (default) frame 0 records its self-attention key/value inputs and
    every later frame blends them into its own (:mod:`stag4d.multiview.temporal_anchor`).
-   Frame 0 runs alone (it records); the later frames depend only on its records, so they are
-   denoised ``--batch-size`` at a time (8 on CUDA, 1 on the CPU), each with its own generator
-   seeded with ``--seed``: a frame equals the frame generated alone up to float rounding.
+   The later frames depend only on frame 0's records, so the frames are denoised ``--batch-size``
+   at a time (8 on CUDA, 1 on the CPU), frame 0 first in the first batch (it records there while
+   the others of that batch replay it), each with its own generator seeded with ``--seed``: a
+   frame equals the frame generated alone up to float rounding.
 3. The grid is cut into its six tiles (tile k at column k % 2, row k // 2, ``cam_utils.tile_box``),
    each tile is matted (``--matting``: rembg as in the released code, or the offline colour key)
    and written atomically as ``zero123/<i>_rgba/<k>.png`` (RGBA). Reading the frames and matting
@@ -188,13 +189,11 @@ def frames_to_run(frames: list[tuple[int, str]], todo: set[int], anchored: bool)
     return run
 
 
-def batches(run: list[tuple[int, str]], size: int, anchored: bool) -> list[list[tuple[int, str]]]:
-    """``run`` cut into the batches generated together: with the anchor, its first frame (frame 0)
-    alone, since the others replay what it records; then ``size`` frames at a time, the last
-    batch holding what remains."""
-    head = [run[:1]] if anchored and run else []
-    rest = run[len(head):]
-    return head + [rest[k:k + size] for k in range(0, len(rest), size)]
+def batches(run: list[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+    """``run`` cut into the batches generated together, ``size`` frames at a time, the last batch
+    holding what remains. With the anchor the first batch starts with frame 0, which it records
+    while the other frames of that batch replay it."""
+    return [run[k:k + size] for k in range(0, len(run), size)]
 
 
 def anchor_storage(choice: str, pipe, args: argparse.Namespace, batch_size: int) -> str:
@@ -261,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     storage=anchor_storage(args.anchor_records, pipe, args, batch_size))
         tile = args.width // 2
         with tqdm(total=len(run), desc="zero123++", unit="frame") as progress:
-            for group in batches(run, batch_size, anchored):
+            for group in batches(run, batch_size):
                 if anchor is not None:
                     anchor.set_mode("record" if group[0][0] == frames[0][0] else "replay")
                 images = [composite_on_gray(inputs.pop(i).result()) for i, _ in group]

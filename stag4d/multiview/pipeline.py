@@ -294,7 +294,7 @@ class Zero123PlusPipeline:
         ``seed``: one for every frame, or one per frame; each frame has its own generator.
         ``anchor``: a TemporalAnchor (or None): every self-attention call of the main passes
         hands it its key/value input with the layer name, the step index and the frame count; in
-        ``record`` mode the batch must be one frame (frame 0).
+        ``record`` mode the first image is frame 0 (the others replay it at once).
         ``randomness``: ``"seeded"`` (ours): every draw from the frame's generator seeded with
         its seed; ``"released"``: only the initial latents and the sampler's noise, as the
         released pipeline; the condition latents and the reference noise come from torch's
@@ -311,8 +311,6 @@ class Zero123PlusPipeline:
         seeds = [seed] * frames if isinstance(seed, int) else list(seed)
         if frames < 1 or len(seeds) != frames:
             raise ValueError(f"{frames} images and {len(seeds)} seeds: give at least one image and one seed each")
-        if anchor is not None and getattr(anchor, "mode", None) == "record" and frames != 1:
-            raise ValueError(f"the anchor records frame 0 alone: a batch of {frames} frames in 'record' mode")
         factor = self.vae_scale_factor
         if width % factor or height % factor:
             raise ValueError(f"output size {width}x{height} must be a multiple of {factor}")

@@ -22,7 +22,10 @@ recorded element ``b``, so each branch is anchored to the same branch of frame 0
 Several later frames can be replayed in one batch (``frames=N``): the pipeline lays the batch out
 branch-major, ``[uncond_1..uncond_N, cond_1..cond_N]``, and the replay broadcasts the recorded
 ``[uncond, cond]`` over the N frames of each branch (a view, no copy of the record per frame), so
-every frame gets exactly the blend it would get alone. Frame 0 is recorded alone (``frames=1``).
+every frame gets exactly the blend it would get alone. Frame 0 may be recorded in a batch too, as
+the first frame of each branch: its rows pass through untouched and are stored, and the other
+frames of that batch replay the stored values at once (the same arithmetic as in a later batch,
+from the same fp16 record), which saves generating frame 0 on its own.
 
 Memory of the records (:func:`record_bytes`): steps x batch x 2 bytes x sum over the ``attn1``
 calls of one pass of (L + Lr) x C. For v1.1 at full size (640x960 output = 120x80 latent,
@@ -119,15 +122,22 @@ class TemporalAnchor:
             return kv_input
         key = (layer, step)
         if self.mode == "record":
-            if frames != 1:
-                raise ValueError(f"record frame 0 alone (frames=1), got frames={frames}")
             if key in self.records:
                 raise AnchorMismatch(
                     f"{layer} at step {step} was recorded twice: clear() the anchor before recording another frame 0"
                 )
-            kv = kv_input.detach()
-            self.records[key] = (self._store(kv[:, :own_tokens]), self._store(kv[:, own_tokens:]))
-            return kv_input
+            if frames < 1 or kv_input.shape[0] % frames:
+                raise AnchorMismatch(f"{layer} at step {step}: a batch of {kv_input.shape[0]} rows cannot hold "
+                                     f"{frames} frames in every guidance branch")
+            # branch-major [branches, frames, ...]: frame 0 is the first frame of every branch
+            grouped = kv_input.unflatten(0, (-1, frames))
+            frame0 = grouped[:, 0].detach()
+            self.records[key] = (self._store(frame0[:, :own_tokens]), self._store(frame0[:, own_tokens:]))
+            if frames == 1:
+                return kv_input
+            # the frames after frame 0 in its batch replay what was just stored, as a later batch would
+            later = self._replay(key, grouped[:, 1:].flatten(0, 1), own_tokens, frames - 1)
+            return torch.cat([grouped[:, :1], later.unflatten(0, (-1, frames - 1))], dim=1).flatten(0, 1)
         return self._replay(key, kv_input, own_tokens, frames)
 
     def _store(self, part: torch.Tensor) -> torch.Tensor:
