@@ -174,3 +174,20 @@ def test_cli_prints_next_commands_and_overwrite(tmp_path, capsys):
     pv.main([str(folder), "--name", "disc", "--frames", "3", "--size", "32", "--matting", "none",
              "--out-root", out_root, "--overwrite"])
     assert sorted(os.listdir(os.path.join(dataset, "ref"))) == ["0_rgba.png", "1_rgba.png", "2_rgba.png"]
+
+
+def test_frames_written_on_threads_equal_frames_written_one_by_one(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(_disc_frames(10, alpha=True)):
+        Image.fromarray(frame).save(folder / f"{i}.png")
+    written = {}
+    for threads in (1, pv.WRITE_THREADS):
+        monkeypatch.setattr(pv, "WRITE_THREADS", threads)
+        dataset = pv.prepare_video(str(folder), f"t{threads}", frames=10, size=48, matting="none",
+                                   out_root=str(tmp_path))
+        written[threads] = [open(os.path.join(dataset, "ref", f"{i}_rgba.png"), "rb").read() for i in range(10)]
+    assert written[1] == written[pv.WRITE_THREADS]  # byte for byte, in the right files
+    assert len(set(written[1])) == 10  # the frames differ, so a mix-up would show

@@ -23,6 +23,7 @@ import glob
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -49,6 +50,7 @@ MATTINGS = ("rembg", "color", "none")
 # same framing.
 OBJECT_FRACTION = 0.68
 MASK_THRESHOLD = 0.5
+WRITE_THREADS = 8  # frames cropped, resized and written at once (at most one per CPU core)
 
 
 @dataclass
@@ -342,10 +344,17 @@ def prepare_video(
 
     for old in old_frames:  # --overwrite: stale frames beyond the new count would be read as frames
         os.remove(old)
-    for i, (frame, alpha) in enumerate(tqdm(list(zip(decoded, alphas)), desc="writing", unit="frame")):
+
+    def write(i: int, frame: Frame, alpha: np.ndarray) -> None:
         rgb = crop_square(frame.rgb, top, left, side)
         a = crop_square(alpha[..., None], top, left, side)[..., 0]
         save_image(os.path.join(ref_dir, f"{i}_rgba.png"), resize_rgba(rgb, a, size))
+
+    # each frame is its own file; resizing and PNG encoding release the GIL, so threads share the cores
+    with ThreadPoolExecutor(min(WRITE_THREADS, os.cpu_count() or 1), "prepare_video_write") as pool, \
+            tqdm(total=len(decoded), desc="writing", unit="frame") as bar:
+        for _ in pool.map(write, range(len(decoded)), decoded, alphas):  # raises the first failure
+            bar.update(1)
     return dataset
 
 
