@@ -325,3 +325,41 @@ def test_minions_sample(minions_path):
     torch.testing.assert_close(corners, torch.full_like(corners, 1 / 255), atol=1e-6, rtol=0)
     assert (data.anchor_rgb[:, :, :, 0, 0] > 0.99).all()
     assert (data.anchor_mask.flatten(2).amax(-1) > 0.99).all()  # every view shows the object
+
+
+def test_frames_decoded_on_threads_equal_frames_decoded_one_by_one(tmp_path, monkeypatch):
+    """load_frames decodes on LOAD_THREADS threads: the same tensors as one thread, in file order
+    (frames and anchors differ from each other, so a mix-up would show), and a bad file is still
+    the one-line error naming it."""
+    from test_trainer import make_disc_dataset
+
+    from stag4d.data import frames as frames_module
+
+    path = make_disc_dataset(tmp_path / "disc", num_frames=5)
+    for i in range(5):  # every anchor view its own image: a corner patch coded by the view
+        for k in range(6):
+            file = os.path.join(path, "zero123", f"{i}_rgba", f"{k}.png")
+            image = np.array(Image.open(file))
+            image[:4, :4] = (40 * k, 0, 0, 255)
+            Image.fromarray(image).save(file)
+    loaded = {}
+    for threads in (1, frames_module.LOAD_THREADS):
+        monkeypatch.setattr(frames_module, "LOAD_THREADS", threads)
+        loaded[threads] = load_frames(path, ref_size=32, anchor_size=16)
+    one, many = loaded.values()
+    for key in ("ref_rgb", "ref_mask", "anchor_rgb", "anchor_mask"):
+        assert torch.equal(getattr(one, key), getattr(many, key)), key
+    assert not torch.equal(many.ref_rgb[0], many.ref_rgb[1])
+    assert not torch.equal(many.anchor_rgb[0], many.anchor_rgb[4])
+    assert not torch.equal(many.anchor_rgb[2, 1], many.anchor_rgb[2, 2])
+    for i, k in ((0, 0), (2, 1), (4, 5)):  # each in its place: against the file read on its own
+        rgb, alpha = frames_module.load_image(os.path.join(path, "zero123", f"{i}_rgba", f"{k}.png"), 16)
+        assert torch.equal(many.anchor_rgb[i, k], rgb) and torch.equal(many.anchor_mask[i, k], alpha)
+    rgb, _ = frames_module.load_image(os.path.join(path, "ref", "3_rgba.png"), 32)
+    assert torch.equal(many.ref_rgb[3], rgb)
+
+    bad = os.path.join(path, "zero123", "3_rgba", "2.png")
+    with open(bad, "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(DataError, match="3_rgba/2.png cannot be read"):
+        load_frames(path, ref_size=32, anchor_size=16)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -36,6 +37,7 @@ from stag4d.settings import REQUIRED, setting
 
 RESAMPLE_MODES = ("antialias", "released")
 RELEASED_LOAD_SIZE = 800  # the released loader resizes every image to its GUI size (H = W = 800) first
+LOAD_THREADS = 8  # images decoded at once (at most one per CPU core)
 MIN_FRAME_SIZE = 8  # pixels: anything smaller holds no object worth training on
 EMPTY_ALPHA = 1.0 / 255.0  # a frame whose largest alpha is below this shows nothing
 FRAME_NAME = re.compile(r"^(\d+)_rgba\.png$")
@@ -118,7 +120,7 @@ def load_frames(
 
     anchor_files = list_anchor_files(path, frame_ids, num_anchor_views, require_anchors)
 
-    rgba = [torch.from_numpy(read_rgba(file)) for _, file in frames]
+    rgba = [torch.from_numpy(image) for image in read_rgba_files([file for _, file in frames])]
     check_frames([file for _, file in frames], rgba, ref_size)
     resize = composite_and_resize if resample == "antialias" else composite_and_resize_released
     ref = [resize(image, ref_size) for image in rgba]
@@ -127,8 +129,8 @@ def load_frames(
 
     anchor_rgb = anchor_mask = None
     if anchor_files is not None:
-        views = [[resize(torch.from_numpy(read_rgba(file)), anchor_size) for file in per_frame]
-                 for per_frame in anchor_files]
+        images = iter(read_rgba_files([file for per_frame in anchor_files for file in per_frame]))
+        views = [[resize(torch.from_numpy(next(images)), anchor_size) for _ in per_frame] for per_frame in anchor_files]
         anchor_rgb = torch.stack([torch.stack([rgb for rgb, _ in per_frame]) for per_frame in views])
         anchor_mask = torch.stack([torch.stack([alpha for _, alpha in per_frame]) for per_frame in views])
         anchor_rgb, anchor_mask = anchor_rgb.to(device), anchor_mask.to(device)
@@ -234,7 +236,23 @@ def read_rgba(file: str) -> np.ndarray:
 
     Grey, grey+alpha, palette and 16-bit images are converted. Non-square images are refused.
     """
+    return _with_alpha(file, *_decode(file))
 
+
+def read_rgba_files(files: list[str]) -> list[np.ndarray]:
+    """:func:`read_rgba` of every file, in order. The decoding runs on up to ``LOAD_THREADS``
+    threads (PIL releases the GIL there); matting, for images without alpha, stays in this thread,
+    so a missing rembg model fails once, at the first such image."""
+    pool = ThreadPoolExecutor(min(LOAD_THREADS, os.cpu_count() or 1), "load_frames")
+    try:
+        decoded = list(pool.map(_decode, files))  # raises the first failure in file order
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [_with_alpha(file, rgb, alpha) for file, (rgb, alpha) in zip(files, decoded)]
+
+
+def _decode(file: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """float32 RGB [H, W, 3] and alpha [H, W] (None when the image has none) of a square image."""
     try:
         with Image.open(file) as image:
             image.verify()  # chunk CRCs and structure
@@ -252,6 +270,11 @@ def read_rgba(file: str) -> np.ndarray:
         raise DataError(
             f"{file} is {width}x{height}, not square: crop the frames to a square with {PREPARE_HINT}"
         )
+    return rgb, alpha
+
+
+def _with_alpha(file: str, rgb: np.ndarray, alpha: Optional[np.ndarray]) -> np.ndarray:
+    """RGBA [H, W, 4] from a decoded image; rembg's matte when it has no alpha."""
     if alpha is None:
         rgb8 = np.round(rgb * 255.0).astype(np.uint8)
         try:
