@@ -169,7 +169,8 @@ def test_a_background_save_holds_the_state_of_its_step(tmp_path):
 
 
 def test_a_failed_background_save_stops_the_run_in_one_line_and_keeps_the_last_complete_save(tmp_path, monkeypatch):
-    trainer = Trainer(tiny_config(tmp_path, extra=["total_steps=6", "save_step=2", "keep_last=0", "export_frames=false"]))
+    trainer = Trainer(tiny_config(tmp_path, extra=["total_steps=6", "save_step=2", "keep_last=0",
+                                                   "export_frames=false"]))
     real_save = torch.save
 
     def full_after_step_2(obj, f, *args, **kwargs):

@@ -291,8 +291,8 @@ def xvfb_server(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("xvfb") / "xvfb.log"
     log = open(log_path, "wb")
     read_fd, write_fd = os.pipe()
-    server = subprocess.Popen([executable, "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp",
-                               "-noreset"], pass_fds=(write_fd,), stdout=log, stderr=log)
+    server = subprocess.Popen([executable, "-displayfd", str(write_fd), "-screen", "0", "1024x768x24",
+                               "-nolisten", "tcp", "-noreset"], pass_fds=(write_fd,), stdout=log, stderr=log)
     os.close(write_fd)
 
     def stop() -> None:
