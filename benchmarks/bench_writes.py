@@ -2,10 +2,11 @@
 (``background_writes=false``) or on the writer thread (the default), and what a save being
 written costs the training steps that run beside it.
 
-The trainer is ``configs/anchored.yaml`` (no diffusion model: saves and validations do not touch
-it) on a real dataset, with ``num_pts`` Gaussians (the default run ends near 24k) and the run's
-32 frames, so a save writes model.ply, deformation.pt, 32 frame PLYs and the checkpoint, and a
-validation renders and writes 2 x 32 JPEGs and 2 videos at ``ref_size``.
+The trainer is ``configs/anchored.yaml`` by default (no diffusion model: saves and validations do
+not touch it; ``--config configs/stag4d.yaml lambda_zero123=0`` needs only ref/) on a real
+dataset, with ``num_pts`` Gaussians (the default run ends near 24k) and the run's 32 frames, so a
+save writes model.ply, deformation.pt, 32 frame PLYs and the checkpoint, and a validation
+renders and writes 2 x 32 JPEGs and 2 videos at ``ref_size``.
 
     python benchmarks/bench_writes.py --path ../shared/data/minions --num-pts 24000 --repeats 5
 
@@ -59,13 +60,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="training steps timed beside a save (0 = skip)")
     parser.add_argument("--outdir", default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--config", default=os.path.join(REPO, "configs", "anchored.yaml"),
+                        help="run config (default: anchored.yaml; stag4d.yaml with lambda_zero123=0 needs no anchors)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
     args = parser.parse_args()
 
     outdir = args.outdir or tempfile.mkdtemp(prefix="bench_writes_")
-    cfg = load_config(os.path.join(REPO, "configs", "anchored.yaml"), [
+    cfg = load_config(args.config, [
         f"path={args.path}", "save_path=bench_writes", f"device={args.device}", f"outdir={outdir}",
         f"valid_dir={outdir}/valid", f"num_pts={args.num_pts}", f"ref_size={args.ref_size}", "keep_last=0",
-        "density_start_iter=100000"])
+        "density_start_iter=100000", *args.overrides])
     trainer = Trainer(cfg)
     device = trainer.device
     for _ in range(3):  # warm-up: the first step builds everything
