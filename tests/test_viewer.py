@@ -279,6 +279,21 @@ def test_training_stops_and_saves_at_total_steps_then_views_the_saved_model(disc
 # must fail one test, not kill pytest.
 
 
+XVFB_SERVERS: dict = {}  # DISPLAY name -> (Xvfb process, its log): what a failed window reports
+
+
+def xvfb_state(display: str) -> str:
+    """One line on the Xvfb of ``display``: running or not, its socket, the end of its log."""
+    if display not in XVFB_SERVERS:
+        return f"no Xvfb of this module on {display}"
+    server, log_path = XVFB_SERVERS[display]
+    socket_path = f"/tmp/.X11-unix/X{display.lstrip(':')}"
+    status = "running" if server.poll() is None else f"exited with status {server.returncode}"
+    log = " | ".join(log_path.read_text(errors="replace").splitlines()[-5:])
+    return f"Xvfb {display} {status}; socket {socket_path} {'present' if os.path.exists(socket_path) else 'missing'}; " \
+           f"log: {log or '(empty)'}"
+
+
 @pytest.fixture(scope="module")
 def xvfb_server(tmp_path_factory):
     """A private Xvfb server: (DISPLAY name, process, log path). Skips when dearpygui cannot open a
@@ -311,7 +326,9 @@ def xvfb_server(tmp_path_factory):
     if not ok:
         stop()
         pytest.skip(f"dearpygui cannot open an OpenGL viewport under Xvfb: {reason}")
+    XVFB_SERVERS[display] = (server, log_path)
     yield display, server, log_path
+    XVFB_SERVERS.pop(display, None)
     stop()
 
 
@@ -337,7 +354,8 @@ def run_scenario(name: str, display: str, data: str, tmp_path) -> None:
             f"test_viewer.{name}({data!r}, {str(tmp_path)!r})")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=display_env(display), capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0, f"{name} failed (status {done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, (f"{name} failed (status {done.returncode}); {xvfb_state(display)}:\n"
+                                  f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
 
 
 def window_scenario(data: str, tmp: str) -> None:
