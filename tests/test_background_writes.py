@@ -12,6 +12,7 @@ from test_trainer import make_disc_dataset, tiny_config
 
 from stag4d.errors import DiskFull
 from stag4d.files import BackgroundWriter, host_copy
+from stag4d.gaussians.ply import read_gaussian_ply
 from stag4d.training import runs
 from stag4d.training.trainer import Trainer, read_checkpoint
 
@@ -163,7 +164,6 @@ def test_a_background_save_holds_the_state_of_its_step(tmp_path):
         assert torch.equal(saved["model"][name], value), name
     moments = [s["exp_avg"] for s in saved["optimizer"]["state"].values()]
     assert sorted(m.sum().item() for m in moments) == sorted(m.sum().item() for m in exp_avg.values())
-    from stag4d.gaussians.ply import read_gaussian_ply
     assert (read_gaussian_ply(os.path.join(folder, "frames", "0.ply")).means == frame0.means).all()
     trainer.close()
 
