@@ -20,6 +20,20 @@ from stag4d.training.trainer import Trainer, read_checkpoint
 # the writer
 
 
+def hold_writer(writer: BackgroundWriter) -> threading.Event:
+    """Occupy the writer's thread with a job that waits for the returned gate (a slow disk); returns
+    once the thread has taken it, so the queue is empty again (else a next submit could block)."""
+    taken, gate = threading.Event(), threading.Event()
+
+    def held() -> None:
+        taken.set()
+        gate.wait()
+
+    writer.submit(held)
+    assert taken.wait(timeout=10)
+    return gate
+
+
 def test_jobs_run_in_order_and_wait_returns_when_all_are_done():
     writer = BackgroundWriter(max_pending=2)
     done = []
@@ -31,8 +45,7 @@ def test_jobs_run_in_order_and_wait_returns_when_all_are_done():
 
 def test_submit_blocks_while_max_pending_jobs_wait():
     writer = BackgroundWriter(max_pending=1)
-    gate = threading.Event()
-    writer.submit(gate.wait)  # taken by the worker, which now blocks
+    gate = hold_writer(writer)  # taken by the worker, which now blocks
     writer.submit(lambda: None)  # waits in the queue: the queue is full
     third = threading.Thread(target=writer.submit, args=(lambda: None,))
     third.start()
@@ -150,8 +163,7 @@ def test_a_background_save_holds_the_state_of_its_step(tmp_path):
     exp_avg = {id(p): trainer.optimizer.state[p]["exp_avg"].clone() for p in trainer.model.parameters()
                if p in trainer.optimizer.state}
     frame0 = trainer.model.frame_arrays(trainer.frame_time(0))
-    gate = threading.Event()
-    trainer.writer.submit(gate.wait)
+    gate = hold_writer(trainer.writer)
     folder = trainer.save(wait=False)
     trainer.train_step()
     trainer.train_step()  # the parameters and Adam moments change in place
@@ -190,8 +202,7 @@ def test_a_failed_background_save_stops_the_run_in_one_line_and_keeps_the_last_c
 def test_close_waits_for_the_writes_in_flight(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, extra=["export_frames=false"]))
     trainer.train_step()
-    gate = threading.Event()
-    trainer.writer.submit(gate.wait)
+    gate = hold_writer(trainer.writer)
     folder = trainer.save(wait=False)
     threading.Timer(0.3, gate.set).start()
     trainer.close()

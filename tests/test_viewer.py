@@ -9,6 +9,7 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -231,6 +232,27 @@ def test_controller_callbacks_drive_view_and_training(disc_data, tmp_path):
     folder = app.on_save_model()
     assert folder == os.path.join(trainer.run_folder, "2") and os.path.isfile(os.path.join(folder, "checkpoint.pt"))
     assert not app.session.unsaved and folder in app.status()["message"]
+
+
+def test_periodic_saves_do_not_hold_the_view_and_closing_waits_for_them(disc_data, tmp_path):
+    """save_step saves of a training session go to the trainer's writer thread (a slow disk does
+    not stall the view); closing the viewer saves the steps since and waits for both saves."""
+    from test_background_writes import hold_writer
+
+    from stag4d.training import runs
+
+    trainer = tiny_trainer(disc_data, tmp_path, extra=["save_step=2"])
+    session = viewer.TrainingSession(trainer)
+    gate = hold_writer(trainer.writer)  # the disk is slow
+    threading.Timer(3.0, gate.set).start()  # so that a save that waits fails the test, not hangs it
+    assert session.train(3) == 3  # returns although step 2's save is not written yet
+    step2 = os.path.join(trainer.run_folder, "2")
+    assert not runs.is_complete_step(step2) and session.unsaved
+    gate.set()
+    assert session.save_on_close() == os.path.join(trainer.run_folder, "3")
+    assert runs.is_complete_step(step2) and runs.saved_steps(trainer.run_folder) == [2, 3]
+    assert session.save_on_close() is None  # nothing unsaved, nothing in flight
+    trainer.close()
 
 
 def test_training_stops_and_saves_at_total_steps_then_views_the_saved_model(disc_data, tmp_path):

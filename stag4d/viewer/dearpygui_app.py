@@ -321,8 +321,8 @@ def run_window(session: Any, settings: ViewerConfig, camera: CameraConfig, ref_s
     try:
         app.run()
     finally:
-        if session.can_train and session.unsaved:
-            print(f"saved {session.save()}")
+        if session.can_train and (folder := session.save_on_close()) is not None:
+            print(f"saved {folder}")
     return app
 
 

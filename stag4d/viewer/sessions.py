@@ -91,7 +91,8 @@ class TrainingSession:
             done += 1
             self._window_steps += 1
             if save_step and self.step % save_step == 0:
-                self.save()
+                # on the trainer's writer thread (background_writes), so the view does not stall
+                self.save(wait=not self.trainer.cfg.output.background_writes)
         if done:
             self._pending = result
             self.num_gaussians = int(result.get("num_gaussians", self.trainer.model.num))
@@ -124,9 +125,17 @@ class TrainingSession:
         self._read_back()
         return self._seconds_per_step
 
-    def save(self) -> str:
-        folder = self.trainer.save()
+    def save(self, wait: bool = True) -> str:
+        """Save the current step; with ``wait`` (a user's save) its files exist on return."""
+        folder = self.trainer.save(wait=wait)
         self.last_saved_step = self.step
+        return folder
+
+    def save_on_close(self) -> Optional[str]:
+        """When the viewer closes: save the steps trained since the last save (returns the folder),
+        and wait for the saves still being written."""
+        folder = self.save() if self.unsaved else None
+        self.trainer.writer.wait()
         return folder
 
     @property

@@ -400,8 +400,8 @@ def run_web(session: Any, settings: ViewerConfig, camera: CameraConfig, ref_size
         print(file=sys.stderr)
     finally:
         viewer.close()
-        if session.can_train and session.unsaved:
-            print(f"saved {session.save()}")
+        if session.can_train and (folder := session.save_on_close()) is not None:
+            print(f"saved {folder}")
     return viewer
 
 
