@@ -379,9 +379,6 @@ def _branch_major(per_frame: Sequence[torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-MODULES = ("vae", "unet", "text_encoder", "vision_encoder")  # the components with weights
-
-
 def load_pipeline(
     model: str = DEFAULT_MODEL_ID,
     device: torch.device | str = "cpu",
@@ -416,16 +413,17 @@ def load_pipeline(
     )
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-    loaders = {  # the CLIP towers are cast after loading: transformers renamed its dtype keyword
+    # the components with weights, loaded in this order; the CLIP towers are cast after loading
+    # (transformers renamed its dtype keyword)
+    loaders = {
         "vae": (AutoencoderKL.from_pretrained, {"torch_dtype": dtype}),
         "unet": (UNet2DConditionModel.from_pretrained, {"torch_dtype": dtype}),
         "text_encoder": (CLIPTextModel.from_pretrained, {}),
         "vision_encoder": (CLIPVisionModelWithProjection.from_pretrained, {}),
     }
     modules, seconds = {}, {}
-    for name in MODULES:
+    for name, (loader, kwargs) in loaders.items():
         begin = time.perf_counter()
-        loader, kwargs = loaders[name]
         modules[name] = _to(_load(loader, model, name, **kwargs), device, dtype)
         seconds[name] = time.perf_counter() - begin
     scheduler_config = _load(EulerAncestralDiscreteScheduler.load_config, model, "scheduler")
