@@ -407,7 +407,13 @@ def set_time_input(page, value: float) -> None:
     label = page.locator("label", has_text=re.compile(r"^time$")).first
     row = label.locator("xpath=ancestor::div[contains(@class,'mantine-Flex-root')][1]")
     box = row.locator("input.mantine-NumberInput-input").first
-    box.fill(f"{value:g}")
+    text = f"{value:g}"
+    # Key by key, as a user types: a box showing "0" after playback ignores fill()'s single
+    # insertText of "0.5" (react-number-format keeps "0"), so the time never changed (1 in 8 runs).
+    box.click()
+    box.press("ControlOrMeta+a")
+    box.press_sequentially(text)
+    assert box.input_value() == text, f"the time box shows {box.input_value()!r} after typing {text!r}"
     box.press("Tab")  # leave the box: while it has the focus it may not show the server's later values
 
 
