@@ -15,6 +15,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -127,6 +128,21 @@ def _pil_format(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# many files at once
+
+
+def map_on_threads(function: Callable[..., Any], *iterables: Any, threads: int, name: str) -> Iterator[Any]:
+    """``function`` over ``iterables`` on up to ``threads`` threads (at most one per CPU core),
+    yielding results in order. The first failure in that order is raised, and the calls still
+    queued behind it are cancelled (those already running finish), so a failed read or write stops
+    the work instead of going through every remaining file first."""
+    pool = ThreadPoolExecutor(max(1, min(threads, os.cpu_count() or 1)), name)
+    try:
+        yield from pool.map(function, *iterables)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 # writing while the work goes on
 
 

@@ -1,5 +1,6 @@
 """scripts/prepare_video.py on synthetic inputs: MP4, GIF and image folders, and its errors."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -191,3 +192,32 @@ def test_frames_written_on_threads_equal_frames_written_one_by_one(tmp_path, mon
         written[threads] = [open(os.path.join(dataset, "ref", f"{i}_rgba.png"), "rb").read() for i in range(10)]
     assert written[1] == written[pv.WRITE_THREADS]  # byte for byte, in the right files
     assert len(set(written[1])) == 10  # the frames differ, so a mix-up would show
+
+
+def test_a_failed_write_cancels_the_frames_queued_behind_it(tmp_path, monkeypatch):
+    """A write that fails (a full disk, say) ends prepare_video with its error; the frames still
+    queued are not written (one already running may finish)."""
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(_disc_frames(8, alpha=True)):
+        Image.fromarray(frame).save(folder / f"{i}.png")
+    real_save = pv.save_image
+    attempted = []
+
+    def save_image(path, image):
+        index = int(os.path.basename(path).split("_")[0])
+        attempted.append(index)
+        if index == 1:
+            raise OSError(28, "No space left on device")
+        if index > 1:
+            time.sleep(0.3)  # the caller sees frame 1's failure while this one runs
+        real_save(path, image)
+
+    monkeypatch.setattr(pv, "save_image", save_image)
+    monkeypatch.setattr(pv, "WRITE_THREADS", 1)
+    with pytest.raises(OSError, match="No space"):
+        pv.prepare_video(str(folder), "full", frames=8, size=48, matting="none", out_root=str(tmp_path))
+    assert attempted == [0, 1, 2]  # 3..7 cancelled (a pool that waits for its queue attempts all 8)
+    assert sorted(os.listdir(tmp_path / "full" / "ref")) == ["0_rgba.png", "2_rgba.png"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -33,6 +32,7 @@ from PIL import Image
 
 from stag4d.data import matting
 from stag4d.errors import DataError, ModelUnavailable
+from stag4d.files import map_on_threads
 from stag4d.settings import REQUIRED, setting
 
 RESAMPLE_MODES = ("antialias", "released")
@@ -243,11 +243,7 @@ def read_rgba_files(files: list[str]) -> list[np.ndarray]:
     """:func:`read_rgba` of every file, in order. The decoding runs on up to ``LOAD_THREADS``
     threads (PIL releases the GIL there); matting, for images without alpha, stays in this thread,
     so a missing rembg model fails once, at the first such image."""
-    pool = ThreadPoolExecutor(min(LOAD_THREADS, os.cpu_count() or 1), "load_frames")
-    try:
-        decoded = list(pool.map(_decode, files))  # raises the first failure in file order
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    decoded = list(map_on_threads(_decode, files, threads=LOAD_THREADS, name="load_frames"))
     return [_with_alpha(file, rgb, alpha) for file, (rgb, alpha) in zip(files, decoded)]
 
 

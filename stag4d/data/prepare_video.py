@@ -23,7 +23,6 @@ import glob
 import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -36,7 +35,7 @@ from tqdm import tqdm
 
 from stag4d.data import matting as matting_module
 from stag4d.errors import DataError, UserError, exit_on_user_error
-from stag4d.files import save_image
+from stag4d.files import map_on_threads, save_image
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".mpg", ".mpeg")
 GIF_EXTENSIONS = (".gif",)
@@ -351,9 +350,9 @@ def prepare_video(
         save_image(os.path.join(ref_dir, f"{i}_rgba.png"), resize_rgba(rgb, a, size))
 
     # each frame is its own file; resizing and PNG encoding release the GIL, so threads share the cores
-    with ThreadPoolExecutor(min(WRITE_THREADS, os.cpu_count() or 1), "prepare_video_write") as pool, \
-            tqdm(total=len(decoded), desc="writing", unit="frame") as bar:
-        for _ in pool.map(write, range(len(decoded)), decoded, alphas):  # raises the first failure
+    with tqdm(total=len(decoded), desc="writing", unit="frame") as bar:
+        for _ in map_on_threads(write, range(len(decoded)), decoded, alphas, threads=WRITE_THREADS,
+                                name="prepare_video_write"):
             bar.update(1)
     return dataset
 
