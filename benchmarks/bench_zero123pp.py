@@ -333,7 +333,7 @@ def whole_command(args, configs: dict, device: torch.device, dtype: torch.dtype,
                 print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
                 raise SystemExit(f"gen_mv exited with {done.returncode}: {' '.join(command)}")
             out = done.stdout
-            loaded = re.search(r"in ([\d.]+) s$", re.search(r"^loaded .*$", out, re.MULTILINE).group(0))
+            loaded = re.search(r"^loaded .* in ([\d.]+) s\b", out, re.MULTILINE)  # then "(vae 0.1, unet ...)"
             generated = re.search(r"generated in ([\d.]+) s", out)
             peak = re.search(r"peak GPU memory ([\d.]+) GiB", out)
             views = {(i, k): read_rgba(f) for i in range(count) for k, f in
