@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from stag4d.errors import DataError
-from stag4d.files import torch_save
+from stag4d.files import host_copy, torch_save
 from stag4d.gaussians import knn
 from stag4d.gaussians.deformation import DeformationConfig, DeformationField
 from stag4d.gaussians.ply import GaussianArrays, read_gaussian_ply, write_gaussian_ply
@@ -217,9 +217,8 @@ class GaussianModel4D(nn.Module):
     def saved_state(self) -> tuple[GaussianArrays, dict]:
         """What :meth:`save` writes, as host copies that later training steps leave alone (so
         :func:`write_model` may run on another thread): the canonical arrays, deformation.pt's content."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self.deformation.state_dict().items()}
         return self.canonical_arrays(), {"format": DEFORMATION_FORMAT, "config": self.deformation.cfg.to_dict(),
-                                         "state_dict": state}
+                                         "state_dict": host_copy(self.deformation.state_dict())}
 
     @classmethod
     def load(cls, folder: str, device: torch.device | str = "cpu") -> "GaussianModel4D":
