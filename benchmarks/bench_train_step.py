@@ -11,6 +11,8 @@ The trainer is ``trainer.Trainer`` with ``configs/stag4d.yaml``, on a real datas
     python benchmarks/bench_train_step.py --path ../shared/data/minions \
         --variant "eager: guidance_compile=false guidance_channels_last=false guidance_cudnn_benchmark=false" \
         --variant "defaults:"
+    # where the device time goes (kernels; ops with their shapes) and the host syncs of a step
+    python benchmarks/bench_train_step.py --path ../shared/data/minions --trace 5 --trace-ops 3 --syncs 3
     # the whole default schedule (8000 steps with resolution schedule and densification), wall time
     python benchmarks/bench_train_step.py --path ../shared/data/minions --full
 
@@ -96,6 +98,95 @@ def kernel_table(trainer, steps: int, rows: int, cuda: bool) -> str:
     return "\n".join(lines)
 
 
+def _short(frame: str) -> str:
+    """"/long/path/pkg/mod.py(12): fn" -> "pkg/mod.py(12): fn"."""
+    path, _, rest = frame.partition("(")
+    return "/".join(path.split("/")[-2:]) + ("(" + rest if rest else "")
+
+
+def _calling_lines(event) -> str:
+    """"innermost Python frame <- innermost frame in this repository" above a profiler event
+    (its ``cpu_parent`` chain; with ``with_stack`` the Python frames are events too). Backward
+    ops run on autograd's thread, under no Python frame; on CUDA (torch 2.11) the profiler linked
+    no op to a Python frame at all, so there the shapes have to tell where an op comes from."""
+    frames, parent = [], event.cpu_parent
+    while parent is not None:
+        if ".py(" in parent.name:
+            frames.append(parent.name)
+        parent = parent.cpu_parent
+    if not frames:
+        return "(no Python frame)"
+    ours = next((f for f in frames if "/stag4d/" in f or "/guidance/" in f), None)
+    inner = _short(frames[0])
+    return inner if ours is None or ours == frames[0] else f"{inner} <- {_short(ours)}"
+
+
+def op_table(trainer, steps: int, rows: int, cuda: bool) -> str:
+    """The ``rows`` (op, input shapes, calling lines) groups taking the most device time (CPU time
+    without CUDA) over ``steps`` steps: which line of our code, or of gsplat's, launches the
+    costly kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True, with_stack=True) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+    groups: dict[tuple, list[float]] = {}
+    for event in prof.events():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us <= 0 or event.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        shapes = ",".join("x".join(map(str, shape)) for shape in event.input_shapes if shape)[:60]
+        name = _short(event.name) if ".py(" in event.name else event.name  # a Python frame's own launches
+        group = groups.setdefault((name, shapes, _calling_lines(event)), [0.0, 0])
+        group[0] += us
+        group[1] += 1
+    total = sum(g[0] for g in groups.values())
+    lines = [f"top {rows} ops by self {'device' if cuda else 'CPU'} time over {steps} steps "
+             f"({total / 1000 / steps:.1f} ms per step in all)",
+             "| op | input shapes | called from | calls per step | ms per step |", "|---|---|---|---|---|"]
+    for (name, shapes, where), (us, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:rows]:
+        lines.append(f"| `{name}` | {shapes} | {where[:120]} | {count / steps:.0f} | {us / 1000 / steps:.2f} |")
+    return "\n".join(lines)
+
+
+def sync_table(trainer, steps: int, rows: int) -> str:
+    """Host syncs per step (``torch.cuda.set_sync_debug_mode``), by the line that caused them:
+    each one drains the GPU's queue, which then idles while the host launches the next kernels."""
+    import traceback
+    import warnings
+
+    counts: dict[str, int] = {}
+    original = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        stack = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+        inner = f"{'/'.join(stack[-1].filename.split('/')[-2:])}:{stack[-1].lineno}" if stack else "?"
+        ours = next((f"{'/'.join(f.filename.split('/')[-2:])}:{f.lineno} {f.name}" for f in reversed(stack)
+                     if "/stag4d/" in f.filename or "/guidance/" in f.filename), "?")
+        key = f"{inner} <- {ours}"
+        counts[key] = counts.get(key, 0) + 1
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = original
+    lines = [f"host syncs: {sum(counts.values()) / steps:.1f} per step over {steps} steps",
+             "| where (innermost <- our code) | per step |", "|---|---|"]
+    for key, count in sorted(counts.items(), key=lambda kv: -kv[1])[:rows]:
+        lines.append(f"| {key} | {count / steps:.1f} |")
+    return "\n".join(lines)
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """"NAME: key=value key=value" -> (NAME, overrides)."""
     name, _, rest = text.partition(":")
@@ -156,6 +247,10 @@ def main() -> None:
     parser.add_argument("--trace", type=int, default=0,
                         help="also profile this many steps per setting and list its top kernels (torch.profiler)")
     parser.add_argument("--trace-rows", type=int, default=25)
+    parser.add_argument("--trace-ops", type=int, default=0,
+                        help="also list the ops (with shapes and calling lines) taking the most device time over this many steps")
+    parser.add_argument("--syncs", type=int, default=0,
+                        help="CUDA: also count host syncs per step over this many steps, by the line causing them")
     parser.add_argument("--full", action="store_true", help="run the whole default schedule and print wall time")
     parser.add_argument("--segment", type=int, default=500, help="--full: steps per timed segment")
     parser.add_argument("--tiny", action="store_true", help="tiny guidance (smoke test of this script on CPU)")
@@ -195,6 +290,10 @@ def main() -> None:
         breakdowns[label] = phase_breakdown(trainer, args.profile_steps)
         if args.trace:
             print(f"[{label}] " + kernel_table(trainer, args.trace, args.trace_rows, cuda), flush=True)
+        if args.trace_ops:
+            print(f"[{label}] " + op_table(trainer, args.trace_ops, args.trace_rows, cuda), flush=True)
+        if args.syncs and cuda:
+            print(f"[{label}] " + sync_table(trainer, args.syncs, args.trace_rows), flush=True)
         rows.append((label, extra, statistics.median(times), percentile(times, 0.1), percentile(times, 0.9), peak,
                      warm_s, trainer.model.num))
         # streamed as each setting finishes (a long run cut short keeps what it measured)
