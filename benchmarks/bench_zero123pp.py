@@ -5,6 +5,7 @@ frames generated in batches as gen_mv does; the whole gen_mv command.
     python benchmarks/bench_zero123pp.py --tiny --device cpu --steps 2 --repeats 1   # smoke test
     python benchmarks/bench_zero123pp.py --frames 17 --batch-sizes 1,4,8,16 [--records device,host]
     python benchmarks/bench_zero123pp.py --gen-mv DATA [--model-dir DIR] [--frames 32] --batch-sizes 1,8
+    python benchmarks/bench_zero123pp.py --unet-options [--batch-sizes 8] [--steps 30]
     (smoke tests: add --tiny --device cpu --steps 2, and --frames 5 --batch-sizes 1,3)
 
 The full-size architecture of ``sudo-ai/zero123plus-v1.1`` (``random_model.V11_CONFIGS``: SD2
@@ -30,6 +31,11 @@ Each batch is timed (CUDA events) after a warm-up of that batch size; rows give 
 per frame over the batches, the K-1 frames' total, the speed-up over batch 1, peak GPU memory (the
 records included when on the device), and how far the frames are from those of the first batch
 size (float images in [0, 1]: max |difference|; 8-bit grids: max levels and share of pixels).
+
+``--unet-options``: one batch of frames (the first ``--batch-sizes`` entry, no anchor) generated
+with the UNet and VAE in channels-last and/or cuDNN's timed algorithm choice, side by side with
+the plain run (which is timed again at the end, for drift); each the median of ``--repeats`` after
+a warm-up, and its max |difference| from the plain run's float images.
 
 ``--gen-mv DATA`` (whole command): ``python -m stag4d.multiview.gen_mv`` as a subprocess per batch
 size, on a copy of the first ``--frames`` frames of DATA (its ``ref/``; DATA itself is never
@@ -127,6 +133,8 @@ def main() -> int:
                         "comma-separated: device, host")
     parser.add_argument("--gen-mv", default=None, metavar="DATA", help="time the whole gen_mv command on DATA")
     parser.add_argument("--model-dir", default=None, help="--gen-mv: the random model folder (written if absent)")
+    parser.add_argument("--unet-options", action="store_true",
+                        help="time the UNet / VAE memory format and cuDNN benchmark options side by side")
     args = parser.parse_args()
     device = torch.device(args.device)
     configs = TINY_CONFIGS if args.tiny else V11_CONFIGS
@@ -145,6 +153,8 @@ def main() -> int:
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}")
 
+    if args.unet_options:
+        return unet_options(args, pipe, device, width, height)
     if args.frames is not None:
         return batched_generation(args, pipe, device, width, height)
     frame0, frame1 = disk_frame(0), disk_frame(1)
@@ -223,6 +233,38 @@ def main() -> int:
 # --------------------------------------------------------------------------------------------
 # frames in batches, in this process
 # --------------------------------------------------------------------------------------------
+
+
+UNET_OPTIONS = [("plain", False, False), ("cuDNN benchmark", False, True), ("channels-last", True, False),
+                ("channels-last + cuDNN benchmark", True, True), ("plain again", False, False)]
+
+
+def unet_options(args, pipe, device: torch.device, width: int, height: int) -> int:
+    """Seconds of one batch under each of :data:`UNET_OPTIONS`, and how far its images are from the plain run's."""
+    frames = [disk_frame(i) for i in range(args.batch_sizes[0])]
+    print(f"{len(frames)} frames per batch, {args.steps} steps, {width}x{height}, median of {args.repeats} after a warm-up")
+    print("| setting | seconds | s/frame | runs | max |difference| from plain | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    plain = None
+    for name, channels_last, benchmark in UNET_OPTIONS:
+        torch.backends.cudnn.benchmark = benchmark
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        pipe.unet.to(memory_format=memory_format)
+        pipe.vae.to(memory_format=memory_format)
+
+        def run(steps: int = args.steps):
+            return pipe.generate(frames, steps=steps, width=width, height=height, output="float")
+
+        run(min(2, args.steps))  # warm-up (cuDNN benchmark times its algorithms here)
+        runs = [timed(run, device) for _ in range(args.repeats)]
+        images = runs[-1][2]
+        plain = images if plain is None else plain
+        difference = max(float(np.abs(a - b).max()) for a, b in zip(images, plain))
+        seconds = statistics.median(t for t, _, _ in runs)
+        print(f"| {name} | {seconds:.2f} | {seconds / len(frames):.3f} | {', '.join(f'{t:.2f}' for t, _, _ in runs)} "
+              f"| {difference:.2e} | {max(p for _, p, _ in runs) / 2**30:.2f} |", flush=True)
+    torch.backends.cudnn.benchmark = False
+    return 0
 
 
 def batched_generation(args, pipe, device: torch.device, width: int, height: int) -> int:
