@@ -243,7 +243,7 @@ def unet_options(args, pipe, device: torch.device, width: int, height: int) -> i
     """Seconds of one batch under each of :data:`UNET_OPTIONS`, and how far its images are from the plain run's."""
     frames = [disk_frame(i) for i in range(args.batch_sizes[0])]
     print(f"{len(frames)} frames per batch, {args.steps} steps, {width}x{height}, median of {args.repeats} after a warm-up")
-    print("| setting | seconds | s/frame | runs | max |difference| from plain | peak GiB |")
+    print("| setting | seconds | s/frame | runs | max abs difference from plain | peak GiB |")
     print("|---|---|---|---|---|---|")
     plain = None
     for name, channels_last, benchmark in UNET_OPTIONS:
