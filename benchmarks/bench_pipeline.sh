@@ -5,6 +5,7 @@
 # (random weights of the real architectures where no weights can be had:
 #   python -m stag4d.multiview.random_model Z123PP --fp16;  python -m guidance.random_model Z123XL --fp16).
 #   benchmarks/bench_pipeline.sh INPUT OUT Z123PP Z123XL [main.py overrides ...]
+# It also prints how long main.py's first logged steps took (the guidance's torch.compile is in them).
 # INPUT: a video or a folder of frames (e.g. the minions sample's ref/). Extra arguments of the
 # first two stages: PREPARE_ARGS, GEN_MV_ARGS (environment), e.g. GEN_MV_ARGS="--steps 2" for a smoke test.
 set -euo pipefail
@@ -32,3 +33,14 @@ echo "| prepare_video s | gen_mv s | main.py s | total s |"
 echo "|---|---|---|---|"
 echo "| ${WALL[prepare_video]} | ${WALL[gen_mv]} | ${WALL[main]} | **$total** |"
 grep -h "loaded Zero123++\|generated in\|peak GPU" "$OUT/gen_mv.log" || true
+# main.py's first logged interval holds torch.compile of the guidance: seconds from inductor's
+# on-disk cache, a minute or more on a new machine (a one-time build, which the issue excludes)
+python3 - "$OUT/main.log" "${WALL[main]}" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+first = re.search(r" step (\d+)/\d+: .*?, ([\d.]+) ms/step", text)
+if first:
+    seconds = int(first.group(1)) * float(first.group(2)) / 1000
+    print(f"main.py: the first {first.group(1)} steps took {seconds:.1f} s (guidance compile: from inductor's cache, "
+          f"or built on a new machine); the rest {float(sys.argv[2]) - seconds:.1f} s")
+PY
