@@ -54,7 +54,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -364,9 +363,10 @@ def whole_command(args, configs: dict, device: torch.device, dtype: torch.dtype,
         for size in args.batch_sizes:
             dataset = os.path.join(scratch, f"batch{size}")
             count = copy_frames(args.gen_mv, dataset, args.frames)
+            report = os.path.join(scratch, f"gen_mv_batch{size}.json")
             command = [sys.executable, "-m", "stag4d.multiview.gen_mv", "--path", dataset, "--model", model,
                        "--device", str(device), "--steps", str(args.steps), "--matting", "color",
-                       "--width", str(width), "--height", str(height), "--batch-size", str(size)]
+                       "--width", str(width), "--height", str(height), "--batch-size", str(size), "--json", report]
             begin = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, check=False,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -374,17 +374,15 @@ def whole_command(args, configs: dict, device: torch.device, dtype: torch.dtype,
             if done.returncode:
                 print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
                 raise SystemExit(f"gen_mv exited with {done.returncode}: {' '.join(command)}")
-            out = done.stdout
-            loaded = re.search(r"^loaded .* in ([\d.]+) s\b", out, re.MULTILINE)  # then "(vae 0.1, unet ...)"
-            generated = re.search(r"generated in ([\d.]+) s", out)
-            peak = re.search(r"peak GPU memory ([\d.]+) GiB", out)
+            with open(report) as f:
+                timings = json.load(f)
             views = {(i, k): read_rgba(f) for i in range(count) for k, f in
                      enumerate(gen_mv.view_files(dataset, i))}
             if reference is None:
                 reference = (size, views)
             rgb = [np.abs(v[..., :3].astype(int) - reference[1][key][..., :3]) for key, v in views.items()]
-            rows.append(dict(batch_size=size, frames=count, wall_s=wall, load_s=float(loaded.group(1)),
-                             generate_s=float(generated.group(1)), peak_gib=float(peak.group(1)) if peak else 0.0,
+            rows.append(dict(batch_size=size, frames=count, wall_s=wall, load_s=timings["load_s"],
+                             generate_s=timings["generate_s"], peak_gib=timings["peak_gpu_gib"] or 0.0,
                              max_levels=int(max(d.max() for d in rgb)),
                              pixels_differing=float(np.mean([np.mean(d > 0) for d in rgb]))))
             print(f"gen_mv --batch-size {size}: {wall:.1f} s wall", flush=True)

@@ -1,4 +1,5 @@
 """scripts/gen_mv.py and the Zero123++ pipeline on a tiny random model of the real classes (CPU)."""
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,6 +162,28 @@ def test_vae_preprocess_is_zero123pp_image_scaling():
     rgb = np.random.RandomState(2).randint(0, 256, (4, 4, 3)).astype(np.uint8)
     minus1_1 = rgb.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
     assert np.allclose(pre(rgb).numpy(), minus1_1 * 0.5 / 0.8, atol=1e-6)
+
+
+def test_json_report_holds_the_timings_of_the_run(tmp_path, tiny_model):
+    """``--json``: what benchmarks read instead of parsing the printed lines."""
+    path = make_dataset(tmp_path, frames=2)
+    report = tmp_path / "report.json"
+    assert run_gen_mv(path, tiny_model, "--json", str(report), "--batch-size", "2") == 0
+    timings = json.loads(report.read_text())
+    assert timings["frames_written"] == timings["frames_generated"] == 2 and timings["batch_size"] == 2
+    assert timings["steps"] == STEPS and timings["device"] == "cpu" and timings["peak_gpu_gib"] is None
+    assert set(timings["load_parts_s"]) == {"vae", "unet", "text_encoder", "vision_encoder"}
+    assert 0 < timings["generate_s"] and timings["s_per_frame"] == pytest.approx(timings["generate_s"] / 2)
+    assert timings["load_s"] >= sum(timings["load_parts_s"].values()) > 0
+    assert timings["anchor_records"]["count"] > 0 and timings["anchor_records"]["storage"] == "host"
+
+
+def test_json_report_in_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    path = make_dataset(tmp_path, frames=1)
+    with pytest.raises(SystemExit):
+        run_gen_mv(path, "unused", "--json", str(tmp_path / "no_such_folder" / "report.json"))
+    err = capsys.readouterr().err.strip()
+    assert "--json" in err and "no_such_folder" in err and "\n" not in err
 
 
 def test_bad_frame_name_is_a_one_line_error(tmp_path, capsys):

@@ -27,6 +27,7 @@ files are left alone).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -45,7 +46,7 @@ from stag4d.data import matting
 from stag4d.data.frames import list_ref_frames
 from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, UserError, exit_on_user_error, quiet_hub_warnings
-from stag4d.files import save_image
+from stag4d.files import save_image, write_text
 from stag4d.multiview.pipeline import RANDOMNESS, composite_on_gray, load_pipeline
 from stag4d.multiview.temporal_anchor import BLENDS, STORAGES, TemporalAnchor, record_bytes
 
@@ -92,6 +93,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "has room for them and the batch")
     parser.add_argument("--width", type=int, default=640, help="grid width (2 tiles; tests use small sizes)")
     parser.add_argument("--height", type=int, default=960, help="grid height (3 tiles)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the run's timings and memory here (for benchmarks; written atomically)")
     return parser.parse_args(argv)
 
 
@@ -100,6 +103,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--steps {args.steps}: give at least 1 (75 is the released setting)")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give at least 1 (1 generates the frames one by one)")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise UserError(f"--json {args.json}: its folder does not exist; create it or give another path")
     if args.width < 2 or args.width % 2 or args.height * 2 != args.width * 3:
         raise UserError(
             f"--width {args.width} --height {args.height}: the grid is 2 x 3 square tiles, so the width must "
@@ -288,8 +293,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"temporal anchor: {len(anchor)} records of frame {frames[0][0]}, {anchor.nbytes / 2**30:.2f} GiB {where}")
     print(f"wrote the views of {len(todo)} frames to {os.path.join(args.path, 'zero123')} "
           f"({len(run)} generated in {seconds:.1f} s, {seconds / len(run):.2f} s per frame, batches of {batch_size})")
-    if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    if peak is not None:
+        print(f"peak GPU memory {peak / 2**30:.2f} GiB")
+    if args.json:
+        write_text(args.json, json.dumps(dict(
+            model=args.model, device=str(device), batch_size=batch_size, steps=args.steps,
+            frames_written=len(todo), frames_generated=len(run), load_s=loaded - begin,
+            load_parts_s=dict(pipe.load_seconds), generate_s=seconds, s_per_frame=seconds / len(run),
+            peak_gpu_gib=None if peak is None else peak / 2**30,
+            anchor_records=None if anchor is None else dict(count=len(anchor), gib=anchor.nbytes / 2**30,
+                                                           storage=anchor.storage)), indent=2) + "\n")
     return 0
 
 
