@@ -27,6 +27,7 @@ DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIMESTEP_ROUNDINGS = ("round", "truncate")
 CLIP_PREPROCESSING = ("torch", "processor")
+VAE_ATTENTION = ("sdpa", "matmul")
 
 
 @dataclass
@@ -45,6 +46,10 @@ class GuidanceConfig:
     guidance_cudnn_benchmark: bool = setting(True, "let cuDNN time its convolution algorithms on the first call of "
                                              "each shape and keep the fastest (a process-wide switch)")
     guidance_compile_mode: str = setting("default", "torch.compile mode when guidance_compile", choices=COMPILE_MODES)
+    guidance_vae_attention: str = setting("sdpa", "the VAE's single-head attention (head size 512: no flash kernel, "
+                                          "and the memory-efficient backward took 1.5 ms a step on an H200): sdpa, "
+                                          "or matmul (diffusers' AttnProcessor: two matmuls, softmax in fp32)",
+                                          choices=VAE_ATTENTION)
     guidance_cuda_graph: bool = setting(True, "replay the UNet forward from a CUDA graph (same kernels, same results)")
     guidance_cuda_graph_vae: bool = setting(True, "VAE encoder forward + backward from CUDA graphs (same results)")
     min_step_start: float = setting(0.5, "timestep window: lower end at step 0, fraction of 1000", ge=0, le=1)

@@ -48,7 +48,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from stag4d.errors import ModelUnavailable
 from stag4d.files import write_text
 
-from . import DEFAULT_ZERO123_MODEL, GuidanceConfig
+from . import DEFAULT_ZERO123_MODEL, VAE_ATTENTION, GuidanceConfig
 from .schedule import timestep_window
 
 IMAGE_SIZE = 256  # Zero123 works on 256x256 images (32x32 latents)
@@ -336,6 +336,20 @@ class GraphedUNet:
         return output.clone()
 
 
+def set_vae_attention(vae, kind: str) -> None:
+    """The attention processor of every attention layer of ``vae`` (only the encoder's mid-block one
+    runs in the SDS): ``sdpa``, diffusers' default (``AttnProcessor2_0``, scaled dot-product
+    attention), or ``matmul``, diffusers' ``AttnProcessor`` (scores by one batched matmul, softmax
+    in fp32 as the layer's ``upcast_softmax`` asks, then a second matmul). The VAE's attention has
+    one head of 512 channels, too wide for the flash kernels, so SDPA's backward runs the
+    memory-efficient kernel; at 32 x 32 tokens the matmuls are small."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if kind not in VAE_ATTENTION:
+        raise ValueError(f"vae attention {kind!r}: use one of {', '.join(VAE_ATTENTION)}")
+    vae.set_attn_processor(AttnProcessor() if kind == "matmul" else AttnProcessor2_0())
+
+
 class GraphedEncoder:
     """The VAE posterior moments, forward AND backward replayed from CUDA graphs, one pair per shape.
 
@@ -454,10 +468,12 @@ class Zero123Guidance:
         self.cfg = cfg
         self.optimize(channels_last=cfg.guidance_channels_last, compile=cfg.guidance_compile,
                       compile_mode=cfg.guidance_compile_mode, cuda_graph=cfg.guidance_cuda_graph,
-                      cuda_graph_vae=cfg.guidance_cuda_graph_vae, cudnn_benchmark=cfg.guidance_cudnn_benchmark)
+                      cuda_graph_vae=cfg.guidance_cuda_graph_vae, cudnn_benchmark=cfg.guidance_cudnn_benchmark,
+                      vae_attention=cfg.guidance_vae_attention)
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
-                 cuda_graph: bool = False, cuda_graph_vae: bool = False, cudnn_benchmark: bool = False) -> None:
+                 cuda_graph: bool = False, cuda_graph_vae: bool = False, cudnn_benchmark: bool = False,
+                 vae_attention: str = "sdpa") -> None:
         """Speed options, all CUDA only (inert on the CPU).
 
         ``channels_last``: that memory format for the UNet and the VAE. ``compile``: torch.compile
@@ -467,9 +483,11 @@ class Zero123Guidance:
         replayed from a CUDA graph (the kernels of eager mode, or of the compiled UNet when both are
         set). ``cuda_graph_vae``: the VAE encoder's forward and backward likewise.
         ``cudnn_benchmark``: cuDNN times its convolution algorithms once per shape (before a graph
-        captures them) and keeps the fastest. Every call sets every option, so a second call undoes
-        what the first turned on (the memory format included)."""
+        captures them) and keeps the fastest. ``vae_attention``: see :func:`set_vae_attention`.
+        Every call sets every option, so a second call undoes what the first turned on (the memory
+        format included)."""
         on_cuda = self.device.type == "cuda"
+        set_vae_attention(self.vae, vae_attention if on_cuda else "sdpa")
         self.memory_format = torch.channels_last if channels_last and on_cuda else torch.contiguous_format
         self.unet.to(memory_format=self.memory_format)
         self.vae.to(memory_format=self.memory_format)

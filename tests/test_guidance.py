@@ -282,10 +282,36 @@ def test_speed_options_are_inert_on_the_cpu(own_prepared):
     the plain path there): on the CPU the modules stay as they are and the loss is the same."""
     guide = own_prepared
     eager = _sds_of_two(guide)
-    guide.optimize(channels_last=True, compile=True, cudnn_benchmark=True)
+    guide.optimize(channels_last=True, compile=True, cudnn_benchmark=True, vae_attention="matmul")
     assert guide.unet.conv_in.weight.is_contiguous() and guide.unet_forward is guide.unet
     assert guide.vae_moments == guide.posterior_moments
+    assert {type(p).__name__ for p in guide.vae.attn_processors.values()} == {"AttnProcessor2_0"}
     assert _sds_of_two(guide).item() == eager.item()
+
+
+def test_matmul_vae_attention_equals_sdpa_values_and_input_gradients():
+    """``guidance_vae_attention=matmul`` (diffusers' AttnProcessor) computes the attention that SDPA
+    does: the posterior moments and their gradient to the pixels agree to float32 rounding, and
+    the processor really changes (the comparison could fail)."""
+    from guidance.zero123 import set_vae_attention
+
+    vae = build_tiny_components().vae.requires_grad_(False)
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    weights = torch.randn(2, 2 * vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for kind in ("sdpa", "matmul"):
+        set_vae_attention(vae, kind)
+        names = {type(p).__name__ for p in vae.attn_processors.values()}
+        assert names == {"AttnProcessor" if kind == "matmul" else "AttnProcessor2_0"}
+        x = pixels.clone().requires_grad_()
+        moments = vae.encode(x).latent_dist.parameters
+        (moments * weights[:, :, : moments.shape[-2], : moments.shape[-1]]).sum().backward()
+        results[kind] = (moments.detach(), x.grad)
+    (sdpa, sdpa_grad), (matmul, matmul_grad) = results["sdpa"], results["matmul"]
+    assert torch.allclose(matmul, sdpa, rtol=1e-5, atol=1e-5) and not torch.equal(sdpa_grad, torch.zeros_like(sdpa_grad))
+    assert torch.allclose(matmul_grad, sdpa_grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="vae attention"):
+        set_vae_attention(vae, "flash")
 
 
 def test_a_failing_compiled_network_falls_back_to_eager(own_prepared):

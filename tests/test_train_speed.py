@@ -119,6 +119,19 @@ def test_compiled_step_equals_plain_step_cuda(tmp_path):
 
 
 @pytest.mark.cuda
+def test_matmul_vae_attention_step_equals_plain_step_cuda(tmp_path):
+    """``guidance_vae_attention=matmul`` with the default speed options: the VAE's attention by two
+    matmuls and an fp32 softmax instead of SDPA's kernels (other fp16 rounding, so the compiled
+    step's tolerances); a wrong attention would differ by O(1)."""
+    gpu = ["device=cuda", "backend=gsplat"]
+    plain = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + PLAIN))
+    fast = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + GRAPHS + ["guidance_vae_attention=matmul"]))
+    processors = {type(p).__name__ for p in fast[2].guidance.vae.attn_processors.values()}
+    assert processors == {"AttnProcessor"}
+    assert_same_step(plain, fast, later_grad_tolerance=2e-2, grad_tolerance=1e-2)
+
+
+@pytest.mark.cuda
 def test_graphed_unet_equals_eager_unet():
     unet = build_tiny_components().unet.to("cuda", torch.float16).eval().requires_grad_(False)
     graphed = GraphedUNet(unet)
