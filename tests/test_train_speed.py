@@ -2,8 +2,9 @@
 (to fp16 tolerance) and the parameter gradients (to 1e-3 relative) of the plain step, same seed.
 
 CUDA (``-m cuda``): gsplat, fp16 guidance, ``guidance_cuda_graph``, ``guidance_cuda_graph_vae``
-and ``fused_adam``; then with ``guidance_compile`` (+ channels-last, cuDNN benchmark) and
-``compile_deformation``. CPU: the same options are inert there (CUDA only) and change nothing.
+and ``fused_adam``; then with ``guidance_compile`` (+ channels-last, cuDNN benchmark),
+``compile_deformation`` and ``compile_regularizers``. CPU: the same options are inert there (CUDA
+only) and change nothing.
 """
 import pytest
 import torch
@@ -11,6 +12,7 @@ from test_guidance import build_tiny_components
 from test_trainer import tiny_config
 
 from guidance.zero123 import GraphedEncoder, GraphedUNet, Zero123Guidance
+from stag4d.training.losses import hexplane_regularizer
 from stag4d.training.trainer import Trainer
 
 GRAPHS = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true"]
@@ -19,9 +21,9 @@ PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_ad
 # the graphs and fused Adam alone (the same kernels as PLAIN)
 FAST = GRAPHS + NOT_COMPILED
 # the defaults (the graphs, torch.compile of the guidance, its convolution options) and the
-# deformation field compiled too
+# deformation field and the HexPlane regularizers compiled too
 COMPILED = GRAPHS + ["guidance_compile=true", "guidance_channels_last=true", "guidance_cudnn_benchmark=true",
-                     "compile_deformation=true"]
+                     "compile_deformation=true", "compile_regularizers=true"]
 
 
 def run_steps(cfg, steps: int = 2):
@@ -83,6 +85,7 @@ def test_speed_options_are_inert_on_the_cpu(tmp_path):
     assert fast[2].guidance.unet_forward is fast[2].guidance.unet  # CUDA only
     assert not fast[2].optimizer.defaults["fused"]  # CUDA only
     assert fast[2].model.deformation._compiled_call_impl is None  # CUDA only
+    assert fast[2].hexplane_regularizer is hexplane_regularizer  # CUDA only
     assert_same_step(plain, fast)
 
 
@@ -103,10 +106,10 @@ def test_fast_step_equals_plain_step_cuda(tmp_path):
 
 @pytest.mark.cuda
 def test_compiled_step_equals_plain_step_cuda(tmp_path):
-    """torch.compile of the UNet, the VAE encoder (fwd + bwd) and the deformation field, channels-last
-    and cuDNN's timed algorithms: other fp16 kernels (fused norms, reordered sums), so the gradients
-    get a looser bar than the graphs' (which replay the same kernels); a wrong or stale compiled
-    graph differs by O(1)."""
+    """torch.compile of the UNet, the VAE encoder (fwd + bwd), the deformation field and the HexPlane
+    regularizers, channels-last and cuDNN's timed algorithms: other fp16 kernels (fused norms,
+    reordered sums), so the gradients get a looser bar than the graphs' (which replay the same
+    kernels); a wrong or stale compiled graph differs by O(1)."""
     gpu = ["device=cuda", "backend=gsplat"]
     plain = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + PLAIN))
     fast = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + COMPILED))
@@ -114,6 +117,7 @@ def test_compiled_step_equals_plain_step_cuda(tmp_path):
     assert guide.memory_format == torch.channels_last and guide.unet_forward is not guide.unet
     assert guide.graphed_unet is not None and len(guide.graphed_unet.graphs) == 1
     assert fast[2].model.deformation._compiled_call_impl is not None
+    assert fast[2].hexplane_regularizer is not hexplane_regularizer
     assert torch.backends.cudnn.benchmark
     assert_same_step(plain, fast, later_grad_tolerance=2e-2, grad_tolerance=1e-2)
 

@@ -95,6 +95,12 @@ def total_regularizer(reg: dict[str, Tensor], cfg: LossConfig) -> Tensor:
     return cfg.lambda_tv * weighted
 
 
+def hexplane_regularizer(field: DeformationField | HexPlaneField, cfg: LossConfig) -> Tensor:
+    """:func:`total_regularizer` of :func:`hexplane_regularizers`: the training step's one call
+    (``compile_regularizers`` compiles this function)."""
+    return total_regularizer(hexplane_regularizers(field), cfg)
+
+
 def anisotropy_loss(log_scales: Tensor, ratio: float = 7.5, activated: bool = True) -> Tensor:
     """``(mean(max(max(s) / (min(s) + 1e-8), ratio)) - ratio) * N`` over Gaussians.
 
