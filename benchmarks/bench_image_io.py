@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import shutil
 import statistics
 import tempfile
@@ -58,7 +59,7 @@ def main() -> None:
         shutil.rmtree(os.path.join(out, "bench"), ignore_errors=True)
         dataset = pv.prepare_video(os.path.join(args.data, "ref"), "bench", matting="none", out_root=out)
         ref = os.path.join(dataset, "ref")
-        return [open(os.path.join(ref, f"{i}_rgba.png"), "rb").read() for i in range(len(os.listdir(ref)))]
+        return [pathlib.Path(ref, f"{i}_rgba.png").read_bytes() for i in range(len(os.listdir(ref)))]
 
     try:
         written = compare("prepare_video (32 frames to 512 px)", pv, "WRITE_THREADS", prepare, args.repeats)

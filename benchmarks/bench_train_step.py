@@ -161,10 +161,13 @@ def sync_table(trainer, steps: int, rows: int) -> str:
     counts: dict[str, int] = {}
     original = warnings.showwarning
 
+    def where(frame) -> str:
+        return f"{'/'.join(frame.filename.split('/')[-2:])}:{frame.lineno}"
+
     def record(message, category, filename, lineno, file=None, line=None):
         stack = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
-        inner = f"{'/'.join(stack[-1].filename.split('/')[-2:])}:{stack[-1].lineno}" if stack else "?"
-        ours = next((f"{'/'.join(f.filename.split('/')[-2:])}:{f.lineno} {f.name}" for f in reversed(stack)
+        inner = where(stack[-1]) if stack else "?"
+        ours = next((f"{where(f)} {f.name}" for f in reversed(stack)
                      if "/stag4d/" in f.filename or "/guidance/" in f.filename), "?")
         key = f"{inner} <- {ours}"
         counts[key] = counts.get(key, 0) + 1
