@@ -7,6 +7,7 @@ Interface used by the trainer::
 
     guide = load_guidance(cfg, device)           # raises errors.ModelUnavailable
     guide.prepare(ref_rgb, anchor_rgb)           # once, before training
+    guide.warm_up(batch)                         # optional: on CUDA, compile / capture before the first step
     loss = guide.sds_loss(images, frame_idx, cond_view, d_elevation, d_azimuth, d_radius, step)
 
 Settings: :class:`GuidanceConfig` (the model, CFG scale, precision, the timestep window of
@@ -39,8 +40,8 @@ class GuidanceConfig:
     fp16: Optional[bool] = setting(None, "half precision; null = fp16 on CUDA (always fp32 on the CPU)")
     # Speed options (CUDA only; the same results within fp16 rounding: tests/test_train_speed.py).
     # Measured together on an H200 (benchmarks/bench_train_step.py): 41.1 -> 32.1 ms per step.
-    guidance_compile: bool = setting(True, "torch.compile the UNet and the VAE encoder (~80 s at the first "
-                                     "step on a machine, ~15 s from inductor's cache after that)")
+    guidance_compile: bool = setting(True, "torch.compile the UNet and the VAE encoder (at start-up: ~80 s the "
+                                     "first time on a machine, ~15 s from inductor's cache after that)")
     guidance_channels_last: bool = setting(True, "channels-last memory format of the UNet and the VAE (alone, "
                                            "without guidance_compile, it is slower)")
     guidance_cudnn_benchmark: bool = setting(True, "let cuDNN time its convolution algorithms on the first call of "

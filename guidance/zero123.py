@@ -563,6 +563,21 @@ class Zero123Guidance:
         self.clip_embeds = clip.contiguous()
         self.cond_latents = latent.contiguous()
 
+    def warm_up(self, batch: int) -> None:
+        """One SDS pass (VAE encoder forward and backward, guided UNet) on zeros of a training step's
+        shapes, ``batch`` renders: torch.compile, the CUDA-graph captures and cuDNN's algorithm
+        timing happen now instead of at the first step, e.g. while main.py waits for gen_mv
+        (``data.wait_for``). It draws no random numbers and needs no :meth:`prepare`; a step after
+        it computes what it computes without it."""
+        shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
+        pixels = torch.zeros(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device, requires_grad=True)
+        latents = self.encode_images(pixels, torch.zeros(shape, device=self.device))
+        latents.float().sum().backward()
+        noisy = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        timesteps = torch.full((batch,), self.num_train_timesteps // 2, device=self.device, dtype=torch.long)
+        context = torch.zeros(batch, self.unet.config.cross_attention_dim, device=self.device, dtype=self.dtype)
+        self.predict_noise(noisy, timesteps, context, torch.zeros_like(noisy))
+
     # -- SDS ------------------------------------------------------------------------------------
 
     def draw_noise(self, batch: int, step: int, generator: Optional[torch.Generator] = None) -> SDSNoise:

@@ -454,6 +454,18 @@ def test_sample_random_view_ranges(elevation, low, high):
     assert all(isinstance(v, int) for v in elevations + azimuths)
 
 
+def test_warm_up_draws_nothing_and_changes_no_result(own_prepared):
+    """Trainer._start_guidance warms the guidance up (on CUDA: compile, graph captures) before the
+    first step: it must draw no random numbers and leave the SDS of a step as it was."""
+    guide = own_prepared
+    before = _sds_of_two(guide)
+    state = torch.get_rng_state()
+    guide.warm_up(3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert _sds_of_two(guide).item() == before.item()
+    assert all(p.grad is None for p in guide.vae.parameters())
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA (fp16 path)
 
@@ -470,6 +482,24 @@ def test_fp16_sds_on_cuda(tiny_model_dir):
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+@pytest.mark.cuda
+def test_warm_up_builds_the_step_graphs_and_draws_nothing_cuda(tiny_model_dir):
+    """On CUDA with the default speed options the warm-up captures the CUDA graphs of a step's
+    shapes (the step then replays them: no second capture) and leaves both random generators as
+    they were."""
+    guide = load_guidance(GuidanceConfig(zero123_model=tiny_model_dir), "cuda")
+    ref, anchors = _frames()
+    guide.prepare(ref.cuda(), anchors.cuda())
+    cpu_state, cuda_state = torch.get_rng_state(), torch.cuda.get_rng_state()
+    guide.warm_up(4)
+    assert torch.equal(torch.get_rng_state(), cpu_state) and torch.equal(torch.cuda.get_rng_state(), cuda_state)
+    assert len(guide.graphed_unet.graphs) == 1 and len(guide.graphed_encoder.graphs) == 1
+    images, *rest = _batch(size=4)
+    loss = guide.sds_loss(images.cuda().requires_grad_(True), *rest, step=10)
+    assert torch.isfinite(loss)
+    assert len(guide.graphed_unet.graphs) == 1 and len(guide.graphed_encoder.graphs) == 1
 
 
 @pytest.fixture(scope="module")
