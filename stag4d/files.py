@@ -15,6 +15,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Optional
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stag4d.errors import DiskFull
+from stag4d.errors import DataError, DiskFull
 
 TEMPORARY_PATTERN = ".*.tmp*"
 
@@ -204,3 +205,26 @@ class BackgroundWriter:
                 self._error = err
             finally:
                 self._jobs.task_done()
+
+
+def wait_for_file(path: str, timeout: float, setting_name: str, timeout_name: str, poll_seconds: float = 0.5,
+                  report_seconds: float = 30.0, report: Callable[[str], None] = print) -> float:
+    """Wait until ``path`` exists; returns the seconds waited. Meant for a file written atomically
+    (renamed into place) by another process, so that once it exists it is complete. Reports a line
+    every ``report_seconds``.
+
+    Raises:
+        errors.DataError: not there after ``timeout`` seconds (one line naming the two settings).
+    """
+    start = time.monotonic()
+    next_report = start + report_seconds
+    while not os.path.exists(path):
+        now = time.monotonic()
+        if now - start >= timeout:
+            raise DataError(f"{setting_name}={path}: it did not appear within {timeout:.0f} s; check that the "
+                            f"process that writes it (gen_mv --json) is running, or raise {timeout_name}")
+        if now >= next_report:
+            report(f"waiting for {path} ({now - start:.0f} s)")
+            next_report += report_seconds
+        time.sleep(min(poll_seconds, max(0.0, start + timeout - now)))
+    return time.monotonic() - start

@@ -59,6 +59,10 @@ class DataConfig:
     resample: str = setting("antialias", "antialias: premultiplied, antialiased bilinear straight to the size "
                             "(ours); released: cv2 INTER_AREA to 800 px on straight RGBA, then bilinear",
                             choices=RESAMPLE_MODES)
+    wait_for: str = setting("", "a file to wait for before the data is read, e.g. gen_mv's --json record (written "
+                            "once every view is on disk): the diffusion model loads and compiles meanwhile, so "
+                            "main.py can start beside gen_mv; \"\" = read the data at once")
+    wait_timeout: float = setting(3600.0, "seconds to wait for wait_for before giving up", gt=0)
 
 
 @dataclass

@@ -94,7 +94,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=640, help="grid width (2 tiles; tests use small sizes)")
     parser.add_argument("--height", type=int, default=960, help="grid height (3 tiles)")
     parser.add_argument("--json", default=None, metavar="FILE",
-                        help="also write the run's timings and memory here (for benchmarks; written atomically)")
+                        help="also write the run's timings and memory here, atomically, once every view is on disk "
+                             "(for benchmarks, and for a main.py started beside gen_mv with wait_for=FILE)")
     return parser.parse_args(argv)
 
 
@@ -237,6 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not todo:
         print(f"all {len(frames)} frames have their six views in {os.path.join(args.path, 'zero123')} "
               "(--overwrite to regenerate)")
+        write_record(args, frames_written=0, frames_generated=0)  # a main.py waiting for it goes on
         return 0
 
     try:  # fail now, not after the first frame
@@ -296,15 +298,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     if peak is not None:
         print(f"peak GPU memory {peak / 2**30:.2f} GiB")
-    if args.json:
-        write_text(args.json, json.dumps(dict(
-            model=args.model, device=str(device), batch_size=batch_size, steps=args.steps,
-            frames_written=len(todo), frames_generated=len(run), load_s=loaded - begin,
-            load_parts_s=dict(pipe.load_seconds), generate_s=seconds, s_per_frame=seconds / len(run),
-            peak_gpu_gib=None if peak is None else peak / 2**30,
-            anchor_records=None if anchor is None else dict(count=len(anchor), gib=anchor.nbytes / 2**30,
-                                                           storage=anchor.storage)), indent=2) + "\n")
+    write_record(args, device=str(device), batch_size=batch_size, frames_written=len(todo), frames_generated=len(run),
+                 load_s=loaded - begin, load_parts_s=dict(pipe.load_seconds), generate_s=seconds,
+                 s_per_frame=seconds / len(run), peak_gpu_gib=None if peak is None else peak / 2**30,
+                 anchor_records=None if anchor is None else dict(count=len(anchor), gib=anchor.nbytes / 2**30,
+                                                                storage=anchor.storage))
     return 0
+
+
+def write_record(args: argparse.Namespace, **fields) -> None:
+    """--json FILE: the run's settings, timings and memory, written atomically once every view is on
+    disk (benchmarks read it; main.py's wait_for= waits for it)."""
+    if args.json:
+        record = dict(model=args.model, steps=args.steps, **fields)
+        write_text(args.json, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

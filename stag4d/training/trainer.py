@@ -49,7 +49,7 @@ from stag4d.data.frames import load_frames
 from stag4d.data.video import to_uint8, write_video  # atomic H.264 through the ffmpeg binary (imageio-ffmpeg)
 from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, TrainingStopped, UserError
-from stag4d.files import BackgroundWriter, host_copy, save_image, torch_save, write_text
+from stag4d.files import BackgroundWriter, host_copy, save_image, torch_save, wait_for_file, write_text
 from stag4d.gaussians.ply import write_gaussian_ply
 from stag4d.rasterizer import BACKENDS, GaussianParams, RenderOutput, render, render_batch
 from stag4d.settings import ConfigError, setting, to_container, to_yaml
@@ -321,15 +321,17 @@ class Trainer:
         same_run = resume_folder is not None and (os.path.realpath(os.path.dirname(os.path.normpath(resume_folder)))
                                                   == os.path.realpath(self.run_folder))
         self.lock = runs.RunLock(self.run_folder)
-        self.lock.acquire()
-        try:
-            runs.prepare_run_folder(self.run_folder, resume_step if same_run else None, train.overwrite)
-            self._build(guidance, resume_folder)
-        except BaseException:
-            self.close()
-            with contextlib.suppress(OSError):  # a folder this failed start made and left empty
-                os.rmdir(self.run_folder)
-            raise
+        # started beside gen_mv (wait_for=), the run may be stopped anywhere in its start-up
+        with self._signals_stop_start() if cfg.data.wait_for else contextlib.nullcontext():
+            self.lock.acquire()
+            try:
+                runs.prepare_run_folder(self.run_folder, resume_step if same_run else None, train.overwrite)
+                self._build(guidance, resume_folder)
+            except BaseException:
+                self.close()
+                with contextlib.suppress(OSError):  # a folder this failed start made and left empty
+                    os.rmdir(self.run_folder)
+                raise
 
     def _build(self, guidance: Optional[Guidance], resume_folder: Optional[str]) -> None:
         """Everything after the run folder: data, cameras, guidance, model, optimizer, resume."""
@@ -342,6 +344,18 @@ class Trainer:
         # The trainer's own sampling (frames, views, backgrounds, conditioning) draws from this
         # generator; its state goes into checkpoints so that a resumed run continues identically.
         self.rng = random.Random(train.seed)
+
+        self.guidance = guidance
+        self._guidance_started = False  # _start_guidance ran (loaded the model if needed, warmed it up)
+        if data_cfg.wait_for:
+            # Beside gen_mv: the diffusion model loads and compiles while the anchors are made; the
+            # data is read once gen_mv's record (written after the last view) appears.
+            if not os.path.isdir(data_cfg.path):
+                raise DataError(f"dataset folder {data_cfg.path} does not exist: make it (scripts/prepare_video.py) "
+                                "before starting main.py with wait_for=")
+            self._start_guidance()
+            waited = wait_for_file(data_cfg.wait_for, data_cfg.wait_timeout, "wait_for", "wait_timeout")
+            print(f"{data_cfg.wait_for} is there (waited {waited:.1f} s): reading the data", file=sys.stderr, flush=True)
 
         # The SDS conditions on the anchors (the spatial anchor of STAG4D): missing ones are an error
         # unless reference-only SDS is asked for, as the released code cannot run without them.
@@ -360,9 +374,7 @@ class Trainer:
         self.ref_camera = camera.reference(data_cfg.ref_size, device=self.device)
         self.anchor_cams = camera.anchors(data_cfg.anchor_size, device=self.device)
 
-        self.guidance = guidance
-        if self.guidance is None and cfg.loss.lambda_zero123 > 0:
-            self.guidance = self._load_guidance()
+        self._start_guidance()
         if self.guidance is not None and cfg.loss.lambda_zero123 > 0:
             ref_rgb, anchor_rgb = self._training_images()
             self.guidance.prepare(ref_rgb, anchor_rgb)
@@ -424,6 +436,26 @@ class Trainer:
         if views and views != expected:
             raise DataError(f"{data_cfg.path}: zero123/ holds {views} anchor views per frame but anchor_views "
                             f"lists {expected}; make anchor_views match the data")
+
+    def _start_guidance(self) -> None:
+        """Load the diffusion model when the SDS needs it and none was given, then warm it up on
+        CUDA: torch.compile and the CUDA-graph captures happen here, not at the first step (once)."""
+        if self.cfg.loss.lambda_zero123 <= 0 or self._guidance_started:
+            return
+        self._guidance_started = True
+        if self.guidance is None:
+            self.guidance = self._load_guidance()
+        warm_up = getattr(self.guidance, "warm_up", None)
+        if warm_up is None or self.device.type != "cuda":
+            return
+        start = time_module.perf_counter()
+        if self.cfg.guidance.guidance_compile:  # without a word it would look like a hang
+            print("guidance_compile: compiling the guidance (a minute or more on a new machine, seconds from "
+                  "inductor's cache after that; guidance_compile=false skips it)", file=sys.stderr, flush=True)
+        warm_up(self.cfg.train.batch_size)
+        torch.cuda.synchronize(self.device)
+        print(f"guidance ready for the first step in {time_module.perf_counter() - start:.1f} s", file=sys.stderr,
+              flush=True)
 
     def _load_guidance(self) -> Guidance:
         try:
@@ -725,11 +757,6 @@ class Trainer:
         count = 0
         interval_start = time_module.perf_counter()
         bar = tqdm(total=end - self.step, desc=out.save_path, dynamic_ncols=True, disable=not sys.stderr.isatty())
-        if self.uses_sds and self.cfg.guidance.guidance_compile and self.device.type == "cuda":
-            # the first step compiles: without a word it would look like a hang
-            print("guidance_compile: the first step compiles the guidance (a minute or more on a new machine, "
-                  "seconds from inductor's cache after that; guidance_compile=false skips it)", file=sys.stderr,
-                  flush=True)
         with self._stop_on_signals():
             try:
                 while self.step < end:
@@ -773,14 +800,22 @@ class Trainer:
             self.save(self.step)
 
     @contextlib.contextmanager
+    def _signals_stop_start(self) -> Iterator[None]:
+        """SIGINT and SIGTERM end the start-up at once, in one line: nothing was trained, so nothing
+        is saved, and the run folder is released (e.g. video_to_4d stops a main.py that waits for a
+        gen_mv that failed)."""
+
+        def handler(signum, frame):
+            raise TrainingStopped(f"stopped by {signal.Signals(signum).name} while starting (wait_for="
+                                  f"{self.cfg.data.wait_for}): nothing was trained", exit_code=128 + signum)
+
+        with _handling_stop_signals(handler):
+            yield
+
+    @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
         """SIGINT and SIGTERM set a flag that the loop reads after the step in progress (a second
-        signal stops at once). Only in the main thread, where Python delivers signals."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.getsignal(sig) for sig in signals}
+        signal stops at once)."""
 
         def handler(signum, frame):
             if self._stop_signal is not None:  # the second one: no more waiting
@@ -788,13 +823,8 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_signal = signum
 
-        for sig in signals:
-            signal.signal(sig, handler)
-        try:
+        with _handling_stop_signals(handler):
             yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
     def _stop_after_signal(self) -> None:
         signum = self._stop_signal
@@ -953,6 +983,24 @@ class Trainer:
 _NUMPY_ARRAY_GLOBALS = [np._core.multiarray._reconstruct, (np._core.multiarray._reconstruct,
                                                            "numpy.core.multiarray._reconstruct"),
                         np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+@contextlib.contextmanager
+def _handling_stop_signals(handler) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM inside the block, the previous handlers after it. Only in
+    the main thread, where Python delivers signals (elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def read_checkpoint(path: str, device: torch.device | str = "cpu") -> dict[str, Any]:
