@@ -8,6 +8,7 @@
 # It also prints how long main.py's first logged steps took (the guidance's torch.compile is in them).
 # INPUT: a video or a folder of frames (e.g. the minions sample's ref/). Extra arguments of the
 # first two stages: PREPARE_ARGS, GEN_MV_ARGS (environment), e.g. GEN_MV_ARGS="--steps 2" for a smoke test.
+# OVERLAP=1: the same stages through scripts/video_to_4d.py, main.py started beside gen_mv.
 set -euo pipefail
 INPUT=$1; OUT=$2; Z123PP=$3; Z123XL=$4; shift 4
 mkdir -p "$OUT"
@@ -22,6 +23,20 @@ stage() {  # stage NAME command...: run, log to $OUT/NAME.log, record the wall t
   echo "$name: ${WALL[$name]} s"
 }
 rm -rf "${OUT:?}/datasets"
+if [ "${OVERLAP:-0}" = 1 ]; then
+  # scripts/video_to_4d.py: main.py starts beside gen_mv (loads and compiles its guidance meanwhile)
+  # and reads the data when gen_mv's record appears; it prints each stage's wall time and the total
+  start=$(now)
+  python scripts/video_to_4d.py "$INPUT" --name $NAME --out-root "$OUT/datasets" \
+    --prepare-args "--matting none ${PREPARE_ARGS:-}" --gen-mv-args "--model $Z123PP --matting color ${GEN_MV_ARGS:-}" \
+    zero123_model="$Z123XL" outdir="$OUT/logs" valid_interval=0 overwrite=true "$@" > "$OUT/video_to_4d.log" 2>&1 \
+    || { echo "error: video_to_4d failed, see $OUT/video_to_4d.log: $(tail -1 "$OUT/video_to_4d.log")"; exit 1; }
+  echo "process wall: $(python3 -c "print(round($(now) - $start, 1))") s"
+  grep -E "^\||guidance ready|reading the data" "$OUT/video_to_4d.log"
+  grep -h "loaded Zero123++\|generated in\|peak GPU" "$OUT/datasets/$NAME/gen_mv.log" || true
+  cp "$OUT/video_to_4d.log" "$OUT/main.log"  # main.py's step lines, as in the sequential mode
+  exit 0
+fi
 stage prepare_video python scripts/prepare_video.py "$INPUT" --name $NAME --out-root "$OUT/datasets" \
   --matting none ${PREPARE_ARGS:-}
 stage gen_mv python scripts/gen_mv.py --path "$OUT/datasets/$NAME" --model "$Z123PP" --matting color ${GEN_MV_ARGS:-}

@@ -1,0 +1,149 @@
+"""Video to 4D object in one command: ``prepare_video``, then ``gen_mv`` and ``main.py`` side by side.
+
+    python scripts/video_to_4d.py INPUT --name NAME [--out-root dataset] [--config configs/stag4d.yaml]
+        [--prepare-args "..."] [--gen-mv-args "..."] [--sequential] [key=value ...]
+
+1. ``scripts/prepare_video.py INPUT --name NAME --out-root ROOT``: the frames, ``ROOT/NAME/ref/``.
+2. ``scripts/gen_mv.py --path ROOT/NAME --json ROOT/NAME/gen_mv.json``: the six views of every
+   frame; its output goes to ``ROOT/NAME/gen_mv.log``. At the same time
+   ``main.py --config CONFIG path=ROOT/NAME save_path=NAME wait_for=ROOT/NAME/gen_mv.json key=value ...``
+   starts: it loads and compiles the Zero123 guidance while gen_mv works (imports, model loading,
+   torch.compile: about 40 s on an H200 that would otherwise come after gen_mv), then waits for
+   gen_mv's record, which gen_mv writes once every view is on disk, and trains. The record of an
+   earlier run is deleted first. ``--sequential`` starts main.py after gen_mv instead (one GPU
+   too small for both: gen_mv at batch 8 takes about 15 GiB, main.py about 5 GiB).
+
+The results are those of the three commands run one after the other: main.py reads the same files,
+and its guidance warm-up draws no random numbers. When gen_mv fails, main.py is stopped and the
+command ends with gen_mv's last line. The wall time of each stage and the total are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+from stag4d.errors import UserError, exit_on_user_error
+
+# the stages as modules (the scripts' own code), so that this works from any folder
+PREPARE_VIDEO, GEN_MV, TRAIN = "stag4d.data.prepare_video", "stag4d.multiview.gen_mv", "stag4d.training.cli"
+RECORD = "gen_mv.json"  # gen_mv's --json record in the dataset folder: main.py's signal to read the data
+GEN_MV_LOG = "gen_mv.log"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="a video (MP4, GIF, WebM) or a folder of frames")
+    parser.add_argument("--name", required=True, help="dataset and run name")
+    parser.add_argument("--out-root", default="dataset", help="where the dataset folder goes (default: %(default)s)")
+    parser.add_argument("--config", default="configs/stag4d.yaml", help="main.py's config (default: %(default)s)")
+    parser.add_argument("--prepare-args", default="", help='more prepare_video arguments, e.g. "--matting color"')
+    parser.add_argument("--gen-mv-args", default="", help='more gen_mv arguments, e.g. "--model DIR"')
+    parser.add_argument("--sequential", action="store_true", help="start main.py after gen_mv, not beside it")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="main.py settings")
+    return parser.parse_intermixed_args(argv)
+
+
+def module(name: str) -> list[str]:
+    return [sys.executable, "-m", name]
+
+
+class StageFailed(UserError):
+    """A stage ended with an error it has already printed."""
+
+    def __init__(self, name: str, code: int, detail: str = ""):
+        super().__init__(f"{name} failed (exit status {code}){': ' + detail if detail else ', see above'}")
+        self.exit_code = code
+
+
+def run_stage(name: str, command: list[str], walls: dict[str, float]) -> None:
+    """Run a stage in the foreground (its output on this terminal); a failure ends the command."""
+    start = time.perf_counter()
+    code = subprocess.call(command)
+    walls[name] = time.perf_counter() - start
+    if code != 0:
+        raise StageFailed(name, code)
+    print(f"{name}: {walls[name]:.1f} s", flush=True)
+
+
+def last_line(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def stop(process: subprocess.Popen, seconds: float = 60.0) -> None:
+    """SIGTERM (main.py saves and stops), then SIGKILL if it does not end within ``seconds``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    dataset = os.path.join(args.out_root, args.name)
+    record, log = os.path.join(dataset, RECORD), os.path.join(dataset, GEN_MV_LOG)
+    walls: dict[str, float] = {}
+    begin = time.perf_counter()
+
+    run_stage("prepare_video", module(PREPARE_VIDEO) + [args.input, "--name", args.name, "--out-root",
+              args.out_root] + shlex.split(args.prepare_args), walls)
+    if os.path.exists(record):
+        os.remove(record)  # an earlier run's: main.py must wait for this run's
+    gen_mv_args = shlex.split(args.gen_mv_args)
+    for option in ("--path", "--json"):
+        if any(a == option or a.startswith(option + "=") for a in gen_mv_args):
+            raise UserError(f"--gen-mv-args: leave out {option}; video_to_4d sets it ({dataset}, {record})")
+    gen_mv = module(GEN_MV) + ["--path", dataset, "--json", record] + gen_mv_args
+    train = module(TRAIN) + ["--config", args.config, f"path={dataset}", f"save_path={args.name}",
+                                 f"wait_for={record}"] + list(args.overrides)
+
+    start = time.perf_counter()
+    with open(log, "w") as log_file:
+        generator = subprocess.Popen(gen_mv, stdout=log_file, stderr=subprocess.STDOUT)
+    trainer = None
+    try:
+        if not args.sequential:
+            trainer = subprocess.Popen(train)
+        code = generator.wait()
+        walls["gen_mv"] = time.perf_counter() - start
+        if code != 0:
+            if trainer is not None:
+                stop(trainer)
+            raise StageFailed("gen_mv", code, f"{last_line(log)} (whole output: {log})")
+        print(f"gen_mv: {walls['gen_mv']:.1f} s ({'' if args.sequential else 'beside main.py; '}output: {log})",
+              flush=True)
+        if trainer is None:
+            start = time.perf_counter()
+            trainer = subprocess.Popen(train)
+        code = trainer.wait()
+        walls["main.py"] = time.perf_counter() - start
+    except KeyboardInterrupt:  # Ctrl-C reached the children too: main.py saves; let them finish
+        for process in (generator, trainer):
+            if process is not None:
+                process.wait()
+        raise
+    if code != 0:
+        raise StageFailed("main.py", code)
+    total = time.perf_counter() - begin
+    label = "main.py (from its start)" if not args.sequential else "main.py"
+    print(f"{label}: {walls['main.py']:.1f} s")
+    print(f"\n| prepare_video s | gen_mv s | {label} s | total s |\n|---|---|---|---|\n"
+          f"| {walls['prepare_video']:.1f} | {walls['gen_mv']:.1f} | {walls['main.py']:.1f} | **{total:.1f}** |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
