@@ -5,7 +5,7 @@ frames generated in batches as gen_mv does; the whole gen_mv command.
     python benchmarks/bench_zero123pp.py --tiny --device cpu --steps 2 --repeats 1   # smoke test
     python benchmarks/bench_zero123pp.py --frames 17 --batch-sizes 1,4,8,16 [--records device,host]
     python benchmarks/bench_zero123pp.py --gen-mv DATA [--model-dir DIR] [--frames 32] --batch-sizes 1,8
-    python benchmarks/bench_zero123pp.py --unet-options [--batch-sizes 8] [--steps 30]
+    python benchmarks/bench_zero123pp.py --unet-options ["plain,cuDNN attention,plain again"] [--batch-sizes 8] [--steps 30]
     (smoke tests: add --tiny --device cpu --steps 2, and --frames 5 --batch-sizes 1,3)
 
 The full-size architecture of ``sudo-ai/zero123plus-v1.1`` (``random_model.V11_CONFIGS``: SD2
@@ -33,7 +33,8 @@ records included when on the device), and how far the frames are from those of t
 size (float images in [0, 1]: max |difference|; 8-bit grids: max levels and share of pixels).
 
 ``--unet-options``: one batch of frames (the first ``--batch-sizes`` entry, no anchor) generated
-with the UNet and VAE in channels-last and/or cuDNN's timed algorithm choice, side by side with
+with the UNet and VAE in channels-last and/or cuDNN's timed algorithm choice, or with another
+attention kernel tried first (``pipeline.attention_kernel``), side by side with
 the plain run (which is timed again at the end, for drift); each the median of ``--repeats`` after
 a warm-up, and its max |difference| from the plain run's float images.
 
@@ -67,7 +68,7 @@ import torch
 
 from stag4d.data.frames import list_ref_frames
 from stag4d.multiview import TemporalAnchor, gen_mv, record_bytes
-from stag4d.multiview.pipeline import composite_on_gray
+from stag4d.multiview.pipeline import attention_kernel, composite_on_gray
 from stag4d.multiview.random_model import TINY_CONFIGS, V11_CONFIGS, build_pipeline, save_model_folder
 
 
@@ -132,8 +133,9 @@ def main() -> int:
                         "comma-separated: device, host")
     parser.add_argument("--gen-mv", default=None, metavar="DATA", help="time the whole gen_mv command on DATA")
     parser.add_argument("--model-dir", default=None, help="--gen-mv: the random model folder (written if absent)")
-    parser.add_argument("--unet-options", action="store_true",
-                        help="time the UNet / VAE memory format and cuDNN benchmark options side by side")
+    parser.add_argument("--unet-options", nargs="?", const="all", default=None, metavar="ROWS",
+                        help="time the UNet / VAE memory format, cuDNN benchmark and attention kernel options side "
+                             "by side; ROWS: comma-separated row names to keep (default: every row)")
     args = parser.parse_args()
     device = torch.device(args.device)
     configs = TINY_CONFIGS if args.tiny else V11_CONFIGS
@@ -234,8 +236,12 @@ def main() -> int:
 # --------------------------------------------------------------------------------------------
 
 
-UNET_OPTIONS = [("plain", False, False), ("cuDNN benchmark", False, True), ("channels-last", True, False),
-                ("channels-last + cuDNN benchmark", True, True), ("plain again", False, False)]
+# (row, channels-last, cuDNN benchmark, attention kernel tried first: pipeline.ATTENTION_KERNELS)
+UNET_OPTIONS = [("plain", False, False, "auto"), ("cuDNN benchmark", False, True, "auto"),
+                ("channels-last", True, False, "auto"), ("channels-last + cuDNN benchmark", True, True, "auto"),
+                ("cuDNN attention", False, False, "cudnn"), ("flash attention", False, False, "flash"),
+                ("memory-efficient attention", False, False, "efficient"),
+                ("plain again", False, False, "auto")]
 
 
 def unet_options(args, pipe, device: torch.device, width: int, height: int) -> int:
@@ -245,14 +251,22 @@ def unet_options(args, pipe, device: torch.device, width: int, height: int) -> i
     print("| setting | seconds | s/frame | runs | max abs difference from plain | peak GiB |")
     print("|---|---|---|---|---|---|")
     plain = None
-    for name, channels_last, benchmark in UNET_OPTIONS:
+    wanted = None if args.unet_options == "all" else {n.strip() for n in args.unet_options.split(",")}
+    unknown = (wanted or set()) - {row[0] for row in UNET_OPTIONS}
+    if unknown:
+        raise SystemExit(f"--unet-options: no row {', '.join(sorted(unknown))}; rows: "
+                         + ", ".join(row[0] for row in UNET_OPTIONS))
+    for name, channels_last, benchmark, kernel in UNET_OPTIONS:
+        if wanted is not None and name not in wanted:
+            continue
         torch.backends.cudnn.benchmark = benchmark
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         pipe.unet.to(memory_format=memory_format)
         pipe.vae.to(memory_format=memory_format)
 
-        def run(steps: int = args.steps):
-            return pipe.generate(frames, steps=steps, width=width, height=height, output="float")
+        def run(steps: int = args.steps, kernel: str = kernel):
+            with attention_kernel(kernel):
+                return pipe.generate(frames, steps=steps, width=width, height=height, output="float")
 
         run(min(2, args.steps))  # warm-up (cuDNN benchmark times its algorithms here)
         runs = [timed(run, device) for _ in range(args.repeats)]

@@ -23,7 +23,7 @@ from PIL import Image
 from test_gen_mv import HEIGHT, STEPS, WIDTH, make_dataset, run_gen_mv, tiny_model  # noqa: F401  (fixture)
 
 from stag4d.multiview import AnchorMismatch, TemporalAnchor, gen_mv
-from stag4d.multiview.pipeline import composite_on_gray, load_pipeline
+from stag4d.multiview.pipeline import ATTENTION_KERNELS, attention_kernel, composite_on_gray, load_pipeline
 from stag4d.multiview.temporal_anchor import released_blend_tokens
 
 FLOAT_TOLERANCE = 1e-4  # float images in [0, 1], CPU fp32: see the module docstring
@@ -345,6 +345,58 @@ def test_gen_mv_batches_on_cuda(tmp_path, tiny_model, monkeypatch, capsys):  # n
     levels = max(int(np.abs(saved[i].astype(int) - one_by_one[i]).max()) for i in range(5))
     print(f"\ngen_mv fp16 batch 8 (frame 0 recording in it) vs batch 1: at most {levels} 8-bit levels apart")
     assert levels <= 255 * CUDA_TOLERANCES[torch.float16] + 1
+
+
+def attention_inputs(device: str, dtype: torch.dtype, tokens: int = 96, keys: int = 160, head: int = 64):
+    """(q, k, v) [2, 5, L, 64]: Zero123++'s top-level self-attention layout (5 heads of 64), the key
+    input longer than the query (own + reference tokens) as in reference attention."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 5, n, head, generator=generator) for n in (tokens, keys, keys))
+    return tuple(x.to(device, dtype) for x in (q, k, v))
+
+
+@pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
+def test_attention_kernel_computes_the_same_attention(kernel):
+    """pipeline.attention_kernel (benchmarks/bench_zero123pp.py --unet-options): each choice is the
+    same attention (on the CPU the kernels PyTorch has there: a CUDA-only kernel put first is passed
+    over)."""
+    q, k, v = attention_inputs("cpu", torch.float32)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    with attention_kernel(kernel):
+        got = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_unknown_attention_kernel_is_refused():
+    with pytest.raises(ValueError, match="cudnn"):
+        attention_kernel("fast")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kernel", [k for k in ATTENTION_KERNELS if k not in ("auto", "math")])
+def test_attention_kernels_on_cuda(tiny_model, kernel, capsys):  # noqa: F811
+    """Each kernel that attention_kernel can put first takes Zero123++'s fp16 attention shapes by
+    itself (no fallback), agrees with fp32 attention to fp16 rounding (2e-3 on outputs of size ~0.1-1:
+    a few fp16 steps), and Zero123++'s frames with it stay within the fp16 batch tolerance of the
+    default kernel's (H200, PyTorch 2.11: cuDNN 0, flash 1.25e-2, memory-efficient 1.20e-2)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = attention_inputs("cuda", torch.float16)
+    reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    only = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}[kernel]
+    with sdpa_kernel(only):  # raises if this kernel cannot take the shapes
+        alone = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert float((alone.float() - reference).abs().max()) < 2e-3
+    pipe = load_pipeline(tiny_model, device="cuda", dtype=torch.float16)
+    kwargs = {"steps": STEPS, "width": WIDTH, "height": HEIGHT, "output": "float"}
+    frames = [frame(i) for i in range(3)]
+    default = pipe.generate(frames, **kwargs)
+    with attention_kernel(kernel):
+        chosen = pipe.generate(frames, **kwargs)
+    difference = max_difference(chosen, default)
+    print(f"\n{kernel} attention vs the default kernel, fp16 frames: max |difference| {difference:.2e}")
+    assert difference < CUDA_TOLERANCES[torch.float16]
 
 
 def test_errors_of_the_worker_threads_end_gen_mv_in_one_line(tmp_path, tiny_model, monkeypatch, capsys):  # noqa: F811

@@ -39,6 +39,7 @@ rows; tile ``k`` at column ``k % 2``, row ``k // 2``, see :func:`cam_utils.tile_
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -60,6 +61,11 @@ OUTPUT_WIDTH, OUTPUT_HEIGHT = 640, 960
 RANDOMNESS = ("seeded", "released")
 OUTPUTS = ("uint8", "float")
 NUM_VIEWS = 6
+# Which scaled-dot-product attention kernel runs first where it can (benchmarks/bench_zero123pp.py
+# --unet-options): auto = PyTorch's own choice (on an H200 with PyTorch 2.11: cuDNN's kernel for
+# these fp16 shapes, bit for bit); the others put that kernel first and keep PyTorch's order after
+# it, so shapes it cannot take (the VAE's one 512-wide head) still run.
+ATTENTION_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 
 LATENT_SHIFT, LATENT_SCALE = 0.22, 0.75
 IMAGE_SCALE = 0.5 / 0.8
@@ -172,6 +178,22 @@ def _triple(value) -> tuple[float, float, float]:
     if isinstance(value, (int, float)):
         return (float(value),) * 3
     return tuple(float(v) for v in value)
+
+
+def attention_kernel(name: str = "auto") -> contextlib.AbstractContextManager:
+    """A context in which ``F.scaled_dot_product_attention`` tries kernel ``name`` first
+    (:data:`ATTENTION_KERNELS`). Every kernel computes the same attention; they differ in speed
+    and in float rounding only."""
+    if name not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel {name!r}: use one of {', '.join(ATTENTION_KERNELS)}")
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+    usual = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]
+    return sdpa_kernel([first] + [b for b in usual if b != first], set_priority=True)
 
 
 class Zero123PlusPipeline:
