@@ -13,9 +13,10 @@
    earlier run is deleted first. ``--sequential`` starts main.py after gen_mv instead (one GPU
    too small for both: gen_mv at batch 8 takes about 15 GiB, main.py about 5 GiB).
 
-The results are those of the three commands run one after the other: main.py reads the same files,
-and its guidance warm-up draws no random numbers. When gen_mv fails, main.py is stopped and the
-command ends with gen_mv's last line. The wall time of each stage and the total are printed.
+main.py reads the same files and trains as it does when started after gen_mv (its guidance
+warm-up draws no random numbers); only the wall time changes. When gen_mv fails, main.py is
+stopped (SIGTERM ends its start-up in one line) and the command ends with gen_mv's last line. The
+wall time of each stage and the total are printed.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from stag4d.errors import UserError, exit_on_user_error
+from stag4d.errors import TrainingStopped, UserError, exit_on_user_error
 
 # the stages as modules (the scripts' own code), so that this works from any folder
 PREPARE_VIDEO, GEN_MV, TRAIN = "stag4d.data.prepare_video", "stag4d.multiview.gen_mv", "stag4d.training.cli"
@@ -80,7 +81,8 @@ def last_line(path: str) -> str:
 
 
 def stop(process: subprocess.Popen, seconds: float = 60.0) -> None:
-    """SIGTERM (main.py saves and stops), then SIGKILL if it does not end within ``seconds``."""
+    """SIGTERM (a main.py still starting up ends in one line), then SIGKILL if it does not end within
+    ``seconds``."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -95,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     dataset = os.path.join(args.out_root, args.name)
     record, log = os.path.join(dataset, RECORD), os.path.join(dataset, GEN_MV_LOG)
+    gen_mv_args = shlex.split(args.gen_mv_args)
+    for option in ("--path", "--json"):
+        if any(a == option or a.startswith(option + "=") for a in gen_mv_args):
+            raise UserError(f"--gen-mv-args: leave out {option}; video_to_4d sets it ({dataset}, {record})")
     walls: dict[str, float] = {}
     begin = time.perf_counter()
 
@@ -102,10 +108,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               args.out_root] + shlex.split(args.prepare_args), walls)
     if os.path.exists(record):
         os.remove(record)  # an earlier run's: main.py must wait for this run's
-    gen_mv_args = shlex.split(args.gen_mv_args)
-    for option in ("--path", "--json"):
-        if any(a == option or a.startswith(option + "=") for a in gen_mv_args):
-            raise UserError(f"--gen-mv-args: leave out {option}; video_to_4d sets it ({dataset}, {record})")
     gen_mv = module(GEN_MV) + ["--path", dataset, "--json", record] + gen_mv_args
     train = module(TRAIN) + ["--config", args.config, f"path={dataset}", f"save_path={args.name}",
                                  f"wait_for={record}"] + list(args.overrides)
@@ -130,11 +132,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             trainer = subprocess.Popen(train)
         code = trainer.wait()
         walls["main.py"] = time.perf_counter() - start
-    except KeyboardInterrupt:  # Ctrl-C reached the children too: main.py saves; let them finish
+    except KeyboardInterrupt:  # Ctrl-C reached the children too (a training main.py saves): let them finish
         for process in (generator, trainer):
             if process is not None:
                 process.wait()
-        raise
+        raise TrainingStopped(f"interrupted; what main.py saved is in its run folder (load_path={args.name} "
+                              "continues it)", exit_code=130) from None
     if code != 0:
         raise StageFailed("main.py", code)
     total = time.perf_counter() - begin

@@ -179,3 +179,14 @@ def test_warm_up_does_not_run_without_cuda(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, "stag4d.yaml"), guidance=Guide())
     trainer.close()
     assert calls == [] and torch.device(trainer.device).type == "cpu"
+
+
+def test_pipeline_refuses_gen_mv_arguments_it_sets_before_any_stage(tmp_path, capsys):
+    from stag4d import video_to_4d
+
+    with pytest.raises(SystemExit) as exit_info:
+        video_to_4d.main([str(tmp_path / "clip.mp4"), "--name", "toy", "--out-root", str(tmp_path),
+                          "--gen-mv-args", "--json other.json"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("error: --gen-mv-args: leave out --json")
+    assert not (tmp_path / "toy").exists()  # prepare_video never ran
