@@ -127,6 +127,16 @@ def test_pipeline_runs_gen_mv_beside_main_and_trains_on_its_views(tmp_path, tiny
 
 
 @pytest.mark.slow
+def test_sequential_pipeline_starts_main_after_gen_mv(tmp_path, tiny_model):  # noqa: F811
+    result = subprocess.run(pipeline_command(tmp_path, tiny_model, "--sequential"), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "waited 0.0 s" in result.stderr  # the record was there when main.py looked
+    assert "| prepare_video s | gen_mv s | main.py s |" in result.stdout
+    assert (tmp_path / "logs" / "toy" / "2" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
 def test_pipeline_stops_main_when_gen_mv_fails(tmp_path, tiny_model):  # noqa: F811
     """gen_mv fails (a batch size it refuses): main.py, waiting for the record, is stopped and the
     command ends in gen_mv's one-line error, not after wait_timeout."""
