@@ -63,8 +63,8 @@ OUTPUTS = ("uint8", "float")
 NUM_VIEWS = 6
 # Which scaled-dot-product attention kernel runs first where it can (benchmarks/bench_zero123pp.py
 # --unet-options): auto = PyTorch's own choice (on an H200 with PyTorch 2.11: cuDNN's kernel for
-# these fp16 shapes, bit for bit); the others put that kernel first and keep PyTorch's order after
-# it, so shapes it cannot take (the VAE's one 512-wide head) still run.
+# these fp16 shapes, bit for bit); the others put that kernel first, then flash, memory-efficient,
+# math and cuDNN, so that shapes it cannot take (the VAE's one 512-wide head) still run.
 ATTENTION_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 
 LATENT_SHIFT, LATENT_SCALE = 0.22, 0.75
@@ -192,8 +192,8 @@ def attention_kernel(name: str = "auto") -> contextlib.AbstractContextManager:
 
     first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
-    usual = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]
-    return sdpa_kernel([first] + [b for b in usual if b != first], set_priority=True)
+    rest = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]
+    return sdpa_kernel([first] + [b for b in rest if b != first], set_priority=True)
 
 
 class Zero123PlusPipeline:
