@@ -200,3 +200,10 @@ def test_pipeline_refuses_gen_mv_arguments_it_sets_before_any_stage(tmp_path, ca
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith("error: --gen-mv-args: leave out --json")
     assert not (tmp_path / "toy").exists()  # prepare_video never ran
+
+
+def test_console_entry():
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["stag4d-video-to-4d"] == "stag4d.video_to_4d:main"
