@@ -13,10 +13,9 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 from test_gen_mv import HEIGHT, STEPS, WIDTH, disk_frame, tiny_model  # noqa: F401  (fixture)
 from test_trainer import TINY, make_disc_dataset, tiny_config
-
-from PIL import Image
 
 from stag4d.errors import DataError
 from stag4d.files import wait_for_file
@@ -109,8 +108,8 @@ def pipeline_command(tmp_path, tiny_model, *extra, gen_mv_args=""):  # noqa: F81
     return [sys.executable, os.path.join(REPO, "scripts", "video_to_4d.py"), str(frames), "--name", "toy",
             "--out-root", str(tmp_path / "datasets"), "--config", os.path.join(REPO, "configs", "anchored.yaml"),
             "--prepare-args", "--matting none --size 48 --frames 3",
-            "--gen-mv-args", f"--model {tiny_model} --device cpu --steps {STEPS} --matting color --width {WIDTH} "
-                             f"--height {HEIGHT} {gen_mv_args}",
+            "--gen-mv-args", (f"--model {tiny_model} --device cpu --steps {STEPS} --matting color --width {WIDTH} "
+                              f"--height {HEIGHT} {gen_mv_args}"),
             *TINY, "total_steps=2", f"outdir={tmp_path / 'logs'}", f"valid_dir={tmp_path / 'valid'}", *extra]
 
 
