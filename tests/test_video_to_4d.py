@@ -73,13 +73,18 @@ def test_trainer_waits_for_the_file_before_it_reads_the_data(tmp_path):
     trainer.close()
 
 
+def waiting_main_command(tmp_path, *extra) -> list[str]:
+    """main.py (anchored, tiny) on a complete dataset, waiting for a file that nobody writes."""
+    data = make_disc_dataset(tmp_path / "disc")
+    return [sys.executable, os.path.join(REPO, "main.py"), "--config", os.path.join(REPO, "configs", "anchored.yaml"),
+            *TINY, f"path={data}", "save_path=disc", f"outdir={tmp_path / 'logs'}",
+            f"wait_for={tmp_path / 'never.json'}", *extra]
+
+
 def test_trainer_gives_up_waiting_in_one_line(tmp_path, capsys):
     """main.py with wait_for= and no gen_mv: after wait_timeout, one line and exit status 2, no run left."""
-    data = make_disc_dataset(tmp_path / "disc")
-    command = [sys.executable, os.path.join(REPO, "main.py"), "--config", os.path.join(REPO, "configs", "anchored.yaml"),
-               *TINY, f"path={data}", "save_path=disc", f"outdir={tmp_path / 'logs'}",
-               f"wait_for={tmp_path / 'never.json'}", "wait_timeout=0.5"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(waiting_main_command(tmp_path, "wait_timeout=0.5"), capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: wait_for=") and "Traceback" not in result.stderr
@@ -153,11 +158,7 @@ def test_pipeline_stops_main_when_gen_mv_fails(tmp_path, tiny_model):  # noqa: F
 
 def test_a_signal_while_waiting_stops_main_in_one_line(tmp_path):
     """SIGTERM while main.py waits for gen_mv: one line, exit status 128 + 15, the run folder gone."""
-    data = make_disc_dataset(tmp_path / "disc")
-    command = [sys.executable, os.path.join(REPO, "main.py"), "--config", os.path.join(REPO, "configs", "anchored.yaml"),
-               *TINY, f"path={data}", "save_path=disc", f"outdir={tmp_path / 'logs'}",
-               f"wait_for={tmp_path / 'never.json'}", "wait_timeout=600"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(waiting_main_command(tmp_path, "wait_timeout=600"), stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "logs" / "disc" / ".lock"
     deadline = time.monotonic() + 120
     while not lock.exists() and time.monotonic() < deadline:  # it holds its run folder: it is starting

@@ -346,7 +346,6 @@ class Trainer:
         self.rng = random.Random(train.seed)
 
         self.guidance = guidance
-        self._guidance_started = False  # _start_guidance ran (loaded the model if needed, warmed it up)
         if data_cfg.wait_for:
             # Beside gen_mv: the diffusion model loads and compiles while the anchors are made; the
             # data is read once gen_mv's record (written after the last view) appears.
@@ -374,7 +373,8 @@ class Trainer:
         self.ref_camera = camera.reference(data_cfg.ref_size, device=self.device)
         self.anchor_cams = camera.anchors(data_cfg.anchor_size, device=self.device)
 
-        self._start_guidance()
+        if not data_cfg.wait_for:  # else started above, before the wait
+            self._start_guidance()
         if self.guidance is not None and cfg.loss.lambda_zero123 > 0:
             ref_rgb, anchor_rgb = self._training_images()
             self.guidance.prepare(ref_rgb, anchor_rgb)
@@ -439,10 +439,9 @@ class Trainer:
 
     def _start_guidance(self) -> None:
         """Load the diffusion model when the SDS needs it and none was given, then warm it up on
-        CUDA: torch.compile and the CUDA-graph captures happen here, not at the first step (once)."""
-        if self.cfg.loss.lambda_zero123 <= 0 or self._guidance_started:
+        CUDA: torch.compile and the CUDA-graph captures happen here, not at the first step."""
+        if self.cfg.loss.lambda_zero123 <= 0:
             return
-        self._guidance_started = True
         if self.guidance is None:
             self.guidance = self._load_guidance()
         warm_up = getattr(self.guidance, "warm_up", None)
