@@ -39,7 +39,9 @@ class GuidanceConfig:
     guidance_scale: float = setting(5.0, "classifier-free guidance scale", ge=0)
     fp16: Optional[bool] = setting(None, "half precision; null = fp16 on CUDA (always fp32 on the CPU)")
     # Speed options (CUDA only; the same results within fp16 rounding: tests/test_train_speed.py).
-    # Measured together on an H200 (benchmarks/bench_train_step.py): 41.1 -> 32.1 ms per step.
+    # Measured on an H200 (benchmarks/bench_train_step.py): 41.1 -> 32.1 ms per step (compile, channels-last,
+    # cuDNN benchmark); then 33.0 / 35.5 -> 31.4 / 29.5 ms with the matmul VAE attention and the compiled
+    # regularizers (alternated).
     guidance_compile: bool = setting(True, "torch.compile the UNet and the VAE encoder (at start-up: ~80 s the "
                                      "first time on a machine, ~15 s from inductor's cache after that)")
     guidance_channels_last: bool = setting(True, "channels-last memory format of the UNet and the VAE (alone, "
@@ -47,10 +49,11 @@ class GuidanceConfig:
     guidance_cudnn_benchmark: bool = setting(True, "let cuDNN time its convolution algorithms on the first call of "
                                              "each shape and keep the fastest (a process-wide switch)")
     guidance_compile_mode: str = setting("default", "torch.compile mode when guidance_compile", choices=COMPILE_MODES)
-    guidance_vae_attention: str = setting("sdpa", "the VAE's single-head attention (head size 512: no flash kernel, "
-                                          "and the memory-efficient backward took 1.5 ms a step on an H200): sdpa, "
-                                          "or matmul (diffusers' AttnProcessor: two matmuls, softmax in fp32)",
-                                          choices=VAE_ATTENTION)
+    guidance_vae_attention: str = setting("matmul", "the VAE's single-head attention on CUDA (head size 512: no "
+                                          "flash kernel; SDPA's memory-efficient backward took 1.5 ms a step on an "
+                                          "H200): matmul (diffusers' AttnProcessor: two matmuls, softmax in fp32; "
+                                          "3 to 5 ms a step faster, alternated runs) or sdpa (AttnProcessor2_0, "
+                                          "always used on the CPU)", choices=VAE_ATTENTION)
     guidance_cuda_graph: bool = setting(True, "replay the UNet forward from a CUDA graph (same kernels, same results)")
     guidance_cuda_graph_vae: bool = setting(True, "VAE encoder forward + backward from CUDA graphs (same results)")
     min_step_start: float = setting(0.5, "timestep window: lower end at step 0, fraction of 1000", ge=0, le=1)

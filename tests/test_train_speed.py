@@ -3,7 +3,7 @@
 
 CUDA (``-m cuda``): gsplat, fp16 guidance, ``guidance_cuda_graph``, ``guidance_cuda_graph_vae``
 and ``fused_adam``; then with ``guidance_compile`` (+ channels-last, cuDNN benchmark),
-``compile_deformation`` and ``compile_regularizers``. CPU: the same options are inert there (CUDA
+``guidance_vae_attention=matmul``, ``compile_deformation`` and ``compile_regularizers``. CPU: the same options are inert there (CUDA
 only) and change nothing.
 """
 import pytest
@@ -16,14 +16,15 @@ from stag4d.training.losses import hexplane_regularizer
 from stag4d.training.trainer import Trainer
 
 GRAPHS = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true"]
-NOT_COMPILED = ["guidance_compile=false", "guidance_channels_last=false", "guidance_cudnn_benchmark=false"]
+NOT_COMPILED = ["guidance_compile=false", "guidance_channels_last=false", "guidance_cudnn_benchmark=false",
+                "guidance_vae_attention=sdpa", "compile_regularizers=false"]
 PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_adam=false"] + NOT_COMPILED
 # the graphs and fused Adam alone (the same kernels as PLAIN)
 FAST = GRAPHS + NOT_COMPILED
-# the defaults (the graphs, torch.compile of the guidance, its convolution options) and the
-# deformation field and the HexPlane regularizers compiled too
+# the defaults (the graphs, torch.compile of the guidance, its convolution options, the VAE attention
+# by matmuls, the HexPlane regularizers compiled) and the deformation field compiled too
 COMPILED = GRAPHS + ["guidance_compile=true", "guidance_channels_last=true", "guidance_cudnn_benchmark=true",
-                     "compile_deformation=true", "compile_regularizers=true"]
+                     "guidance_vae_attention=matmul", "compile_regularizers=true", "compile_deformation=true"]
 
 
 def run_steps(cfg, steps: int = 2):
@@ -86,6 +87,8 @@ def test_speed_options_are_inert_on_the_cpu(tmp_path):
     assert not fast[2].optimizer.defaults["fused"]  # CUDA only
     assert fast[2].model.deformation._compiled_call_impl is None  # CUDA only
     assert fast[2].hexplane_regularizer is hexplane_regularizer  # CUDA only
+    processors = {type(p).__name__ for p in fast[2].guidance.vae.attn_processors.values()}
+    assert processors == {"AttnProcessor2_0"}  # the matmul attention is CUDA only
     assert_same_step(plain, fast)
 
 

@@ -105,9 +105,9 @@ class TrainConfig:
     detect_anomaly: bool = setting(False, "torch autograd anomaly detection (slow; to find where a NaN starts)")
     compile_deformation: bool = setting(False, "torch.compile the deformation field, forward and backward, for any "
                                         "number of Gaussians (CUDA only; compiles at the first fine step)")
-    compile_regularizers: bool = setting(False, "torch.compile the HexPlane regularizers: about 190 small ops a "
+    compile_regularizers: bool = setting(True, "torch.compile the HexPlane regularizers: about 190 small ops a "
                                          "step, forward and backward, in a few fused kernels (CUDA only; "
-                                         "compiles at the first fine step)")
+                                         "compiles at the first fine step: about 1 s from inductor's cache)")
 
     def check(self) -> None:
         if len(self.render_res_sizes) != len(self.render_res_ratios) + 1:
