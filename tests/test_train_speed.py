@@ -138,6 +138,58 @@ def test_matmul_vae_attention_step_equals_plain_step_cuda(tmp_path):
     assert_same_step(plain, fast, later_grad_tolerance=2e-2, grad_tolerance=1e-2)
 
 
+def count_render_calls(monkeypatch) -> list[int]:
+    """The number of views of each render_batch call the trainer makes, appended as they happen."""
+    import stag4d.training.trainer as trainer_module
+
+    calls: list[int] = []
+    plain = trainer_module.render_batch
+
+    def counting(gaussians, cameras, backgrounds, **kwargs):
+        calls.append(len(cameras))
+        return plain(gaussians, cameras, backgrounds, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "render_batch", counting)
+    return calls
+
+
+# the reference jittered in half of the samples: the reference views then render Gaussians of their own
+# times, which the merged call must keep apart from the random views' (both cases are in these runs)
+JITTER = ["time_jitter=0.5", "time_jitter_reference_fraction=0.5"]
+
+
+@pytest.mark.parametrize("extra", [[], JITTER], ids=["frame times", "reference jittered"])
+def test_merged_renders_equal_separate_renders(tmp_path, monkeypatch, extra):
+    """``merge_renders``: the reference and random views in one render_batch call (their sizes match
+    in this config) give the losses and gradients of two calls; a mixed-up split (a reference image
+    scored as a random view, a background on the wrong image) would differ by O(1)."""
+    calls = count_render_calls(monkeypatch)
+    separate = run_steps(tiny_config(tmp_path, "stag4d.yaml", PLAIN + extra))
+    assert calls == [2, 2, 2, 2]  # per step: the reference views, then the random views
+    calls.clear()
+    merged = run_steps(tiny_config(tmp_path, "stag4d.yaml", PLAIN + extra + ["merge_renders=true"]))
+    assert calls == [4, 4]
+    assert_same_step(separate, merged, later_grad_tolerance=1e-5, grad_tolerance=1e-5)
+
+
+def test_merged_renders_fall_back_to_two_calls_when_sizes_differ(tmp_path, monkeypatch):
+    calls = count_render_calls(monkeypatch)
+    run_steps(tiny_config(tmp_path, "stag4d.yaml", PLAIN + ["merge_renders=true", "render_res_sizes=[16,16,16]"]))
+    assert calls == [2, 2, 2, 2]
+
+
+@pytest.mark.cuda
+def test_merged_renders_step_equals_plain_step_cuda(tmp_path, monkeypatch):
+    """``merge_renders`` through gsplat: one rasterization of the reference and random views together;
+    the images are the same, the gradients up to gsplat's atomic adds (as two plain runs differ)."""
+    gpu = ["device=cuda", "backend=gsplat"]
+    plain = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + PLAIN))
+    calls = count_render_calls(monkeypatch)
+    merged = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + PLAIN + ["merge_renders=true"]))
+    assert calls == [4, 4]
+    assert_same_step(plain, merged, later_grad_tolerance=5e-3)
+
+
 @pytest.mark.cuda
 def test_graphed_unet_equals_eager_unet():
     unet = build_tiny_components().unet.to("cuda", torch.float16).eval().requires_grad_(False)

@@ -13,8 +13,9 @@ unit the densification statistic uses (NDC, as 3D Gaussian Splatting: pixel grad
 
 Importing this package imports torch only (no diffusers, dearpygui or rembg).
 """
-from stag4d.rasterizer.render import BACKENDS, BackendUnavailable, render, render_batch, resolve_backend
+from stag4d.rasterizer.render import (BACKENDS, BackendUnavailable, render, render_batch, resolve_backend,
+                                     same_view_setup)
 from stag4d.rasterizer.types import GaussianParams, RenderOutput, ndc_grad_norm
 
 __all__ = ["BACKENDS", "BackendUnavailable", "GaussianParams", "RenderOutput", "ndc_grad_norm", "render",
-           "render_batch", "resolve_backend"]
+           "render_batch", "resolve_backend", "same_view_setup"]

@@ -50,7 +50,8 @@ def _same_layout(gaussians: Sequence[GaussianParams]) -> bool:
     return True
 
 
-def _same_view_setup(cameras: Sequence[Camera]) -> bool:
+def same_view_setup(cameras: Sequence[Camera]) -> bool:
+    """Whether gsplat can render these cameras in one call: the same image size and clip planes."""
     first = cameras[0]
     return all((c.width, c.height, c.near, c.far) == (first.width, first.height, first.near, first.far)
                for c in cameras[1:])
@@ -187,7 +188,7 @@ def render_gsplat_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[C
         cameras: B cameras.
         backgrounds: [B, 3].
     """
-    if not (_same_view_setup(cameras) and _same_layout(gaussians)):
+    if not (same_view_setup(cameras) and _same_layout(gaussians)):
         return [out for g, c, bg in zip(gaussians, cameras, backgrounds)
                 for out in render_gsplat_batch([g], [c], bg.unsqueeze(0), scale_modifier)]
     device = gaussians[0].means.device

@@ -10,7 +10,7 @@ import torch
 from cam_utils import Camera
 from stag4d.errors import UserError
 from stag4d.rasterizer.diff_gauss_backend import diff_gauss_status, render_diff_gauss, render_diff_gauss_batch
-from stag4d.rasterizer.gsplat_backend import gsplat_status, render_gsplat, render_gsplat_batch
+from stag4d.rasterizer.gsplat_backend import gsplat_status, render_gsplat, render_gsplat_batch, same_view_setup
 from stag4d.rasterizer.torch_backend import render_torch
 from stag4d.rasterizer.types import GaussianParams, RenderOutput
 
