@@ -8,7 +8,7 @@
 # It also prints how long main.py's first logged steps took (the guidance's torch.compile is in them).
 # INPUT: a video or a folder of frames (e.g. the minions sample's ref/). Extra arguments of the
 # first two stages: PREPARE_ARGS, GEN_MV_ARGS (environment), e.g. GEN_MV_ARGS="--steps 2" for a smoke test.
-# OVERLAP=1: the same stages through scripts/video_to_4d.py, main.py started beside gen_mv.
+# OVERLAP=1: the same stages through scripts/video_to_4d.py, all three started together (each waits for its input).
 set -euo pipefail
 INPUT=$1; OUT=$2; Z123PP=$3; Z123XL=$4; shift 4
 mkdir -p "$OUT"
@@ -24,8 +24,9 @@ stage() {  # stage NAME command...: run, log to $OUT/NAME.log, record the wall t
 }
 rm -rf "${OUT:?}/datasets"
 if [ "${OVERLAP:-0}" = 1 ]; then
-  # scripts/video_to_4d.py: main.py starts beside gen_mv (loads and compiles its guidance meanwhile)
-  # and reads the data when gen_mv's record appears; it prints each stage's wall time and the total
+  # scripts/video_to_4d.py: gen_mv (loads Zero123++ meanwhile) reads the frames when prepare_video's record
+  # appears; main.py (loads and compiles its guidance meanwhile) reads the data when gen_mv's record appears;
+  # it prints each stage's wall time and the total
   start=$(now)
   python scripts/video_to_4d.py "$INPUT" --name $NAME --out-root "$OUT/datasets" \
     --prepare-args "--matting none ${PREPARE_ARGS:-}" --gen-mv-args "--model $Z123PP --matting color ${GEN_MV_ARGS:-}" \

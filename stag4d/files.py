@@ -208,10 +208,11 @@ class BackgroundWriter:
 
 
 def wait_for_file(path: str, timeout: float, setting_name: str, timeout_name: str, poll_seconds: float = 0.5,
-                  report_seconds: float = 30.0, report: Callable[[str], None] = print) -> float:
+                  report_seconds: float = 30.0, report: Callable[[str], None] = print,
+                  writer: str = "gen_mv --json") -> float:
     """Wait until ``path`` exists; returns the seconds waited. Meant for a file written atomically
-    (renamed into place) by another process, so that once it exists it is complete. Reports a line
-    every ``report_seconds``.
+    (renamed into place) by another process (``writer``, named in the timeout's message), so that
+    once it exists it is complete. Reports a line every ``report_seconds``.
 
     Raises:
         errors.DataError: not there after ``timeout`` seconds (one line naming the two settings).
@@ -222,7 +223,7 @@ def wait_for_file(path: str, timeout: float, setting_name: str, timeout_name: st
         now = time.monotonic()
         if now - start >= timeout:
             raise DataError(f"{setting_name}={path}: it did not appear within {timeout:.0f} s; check that the "
-                            f"process that writes it (gen_mv --json) is running, or raise {timeout_name}")
+                            f"process that writes it ({writer}) is running, or raise {timeout_name}")
         if now >= next_report:
             report(f"waiting for {path} ({now - start:.0f} s)")
             next_report += report_seconds

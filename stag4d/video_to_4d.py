@@ -1,26 +1,36 @@
-"""Video to 4D object in one command: ``prepare_video``, then ``gen_mv`` and ``main.py`` side by side.
+"""Video to 4D object in one command: ``prepare_video``, ``gen_mv`` and ``main.py`` side by side.
 
     python scripts/video_to_4d.py INPUT --name NAME [--out-root dataset] [--config configs/stag4d.yaml]
         [--prepare-args "..."] [--gen-mv-args "..."] [--sequential] [key=value ...]
 
-1. ``scripts/prepare_video.py INPUT --name NAME --out-root ROOT``: the frames, ``ROOT/NAME/ref/``.
-2. ``scripts/gen_mv.py --path ROOT/NAME --json ROOT/NAME/gen_mv.json``: the six views of every
-   frame; its output goes to ``ROOT/NAME/gen_mv.log``. At the same time
-   ``main.py --config CONFIG path=ROOT/NAME save_path=NAME wait_for=ROOT/NAME/gen_mv.json key=value ...``
-   starts: it loads and compiles the Zero123 guidance while gen_mv works (imports, model loading,
-   torch.compile: about 40 s on an H200 that would otherwise come after gen_mv), then waits for
-   gen_mv's record, which gen_mv writes once every view is on disk, and trains. The record of an
-   earlier run is deleted first. ``--sequential`` starts main.py after gen_mv instead (one GPU
-   too small for both: gen_mv at batch 8 takes about 15 GiB, main.py about 5 GiB).
+The three stages start together; each loads what it can before its input exists, then waits for it:
 
-main.py reads the same files and trains as it does when started after gen_mv (its guidance
-warm-up draws no random numbers); only the wall time changes. When gen_mv fails, main.py is
-stopped (SIGTERM ends its start-up in one line) and the command ends with gen_mv's last line. The
-wall time of each stage and the total are printed.
+1. ``scripts/prepare_video.py INPUT --name NAME --out-root ROOT``: the frames, ``ROOT/NAME/ref/``.
+   Once it has succeeded, this command writes ``ROOT/NAME/prepare_video.json`` (its input and wall
+   time) atomically.
+2. ``scripts/gen_mv.py --path ROOT/NAME --json ROOT/NAME/gen_mv.json --wait-for ROOT/NAME/prepare_video.json``:
+   loads Zero123++ (imports and weights: about 15 s on an H200), waits for prepare_video's
+   record, then makes the six views of every frame and writes its own record once every view
+   is on disk. Its output goes to ``ROOT/NAME/gen_mv.log``.
+3. ``main.py --config CONFIG path=ROOT/NAME save_path=NAME wait_for=ROOT/NAME/gen_mv.json key=value ...``:
+   loads and compiles the Zero123 guidance (about 40 s on an H200), waits for gen_mv's record,
+   and trains.
+
+The records of an earlier run are deleted first. ``--sequential`` runs the stages one after the
+other instead (one GPU too small for both models: gen_mv at batch 8 takes about 15 GiB, main.py
+about 5 GiB).
+
+gen_mv and main.py read the same files and compute what they compute when started one after the
+other (main.py's guidance warm-up draws no random numbers); only the wall time changes. When a
+stage fails, the stages still waiting are stopped (SIGTERM ends main.py's start-up in one line)
+and the command ends with the failure's last line; a failed prepare_video also takes gen_mv's
+log and, when this command made it, the empty dataset folder with it. The wall time of each
+stage and the total are printed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -29,10 +39,13 @@ import time
 from typing import Optional, Sequence
 
 from stag4d.errors import TrainingStopped, UserError, exit_on_user_error
+from stag4d.files import write_text
 
 # the stages as modules (the scripts' own code), so that this works from any folder
 PREPARE_VIDEO, GEN_MV, TRAIN = "stag4d.data.prepare_video", "stag4d.multiview.gen_mv", "stag4d.training.cli"
 RECORD = "gen_mv.json"  # gen_mv's --json record in the dataset folder: main.py's signal to read the data
+# written here once prepare_video has written the frames (its input and wall time): gen_mv's signal to read them
+PREPARED = "prepare_video.json"
 GEN_MV_LOG = "gen_mv.log"
 
 
@@ -97,36 +110,56 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     dataset = os.path.join(args.out_root, args.name)
     record, log = os.path.join(dataset, RECORD), os.path.join(dataset, GEN_MV_LOG)
+    prepared = os.path.join(dataset, PREPARED)
     gen_mv_args = shlex.split(args.gen_mv_args)
-    for option in ("--path", "--json"):
+    for option in ("--path", "--json", "--wait-for"):
         if any(a == option or a.startswith(option + "=") for a in gen_mv_args):
             raise UserError(f"--gen-mv-args: leave out {option}; video_to_4d sets it ({dataset}, {record})")
     walls: dict[str, float] = {}
     begin = time.perf_counter()
-
-    run_stage("prepare_video", module(PREPARE_VIDEO) + [args.input, "--name", args.name, "--out-root",
-              args.out_root] + shlex.split(args.prepare_args), walls)
-    if os.path.exists(record):
-        os.remove(record)  # an earlier run's: main.py must wait for this run's
+    prepare = module(PREPARE_VIDEO) + [args.input, "--name", args.name, "--out-root", args.out_root] + shlex.split(
+        args.prepare_args)
     gen_mv = module(GEN_MV) + ["--path", dataset, "--json", record] + gen_mv_args
     train = module(TRAIN) + ["--config", args.config, f"path={dataset}", f"save_path={args.name}",
-                                 f"wait_for={record}"] + list(args.overrides)
+                             f"wait_for={record}"] + list(args.overrides)
+
+    created = False
+    if args.sequential:
+        run_stage("prepare_video", prepare, walls)
+    else:  # gen_mv's log goes into the dataset folder from the start
+        created = not os.path.isdir(dataset)
+        os.makedirs(dataset, exist_ok=True)
+        gen_mv += ["--wait-for", prepared]
+    for stale in (record, prepared):  # an earlier run's: the waiting stages must wait for this run's
+        if os.path.exists(stale):
+            os.remove(stale)
 
     start = time.perf_counter()
-    with open(log, "w") as log_file:
-        generator = subprocess.Popen(gen_mv, stdout=log_file, stderr=subprocess.STDOUT)
-    trainer = None
+    generator = trainer = None
     try:
+        with open(log, "w") as log_file:
+            generator = subprocess.Popen(gen_mv, stdout=log_file, stderr=subprocess.STDOUT)
         if not args.sequential:
             trainer = subprocess.Popen(train)
+            try:
+                run_stage("prepare_video", prepare, walls)
+            except StageFailed:
+                for process in (generator, trainer):
+                    stop(process)
+                os.remove(log)  # it holds only gen_mv's start: nothing of this dataset
+                if created and not os.listdir(dataset):
+                    os.rmdir(dataset)
+                raise
+            write_text(prepared, json.dumps(dict(input=args.input, prepare_args=args.prepare_args,
+                                                 wall_s=round(walls["prepare_video"], 2)), indent=2) + "\n")
         code = generator.wait()
         walls["gen_mv"] = time.perf_counter() - start
         if code != 0:
             if trainer is not None:
                 stop(trainer)
             raise StageFailed("gen_mv", code, f"{last_line(log)} (whole output: {log})")
-        print(f"gen_mv: {walls['gen_mv']:.1f} s ({'' if args.sequential else 'beside main.py; '}output: {log})",
-              flush=True)
+        where = "" if args.sequential else "from its start, beside prepare_video and main.py; "
+        print(f"gen_mv: {walls['gen_mv']:.1f} s ({where}output: {log})", flush=True)
         if trainer is None:
             start = time.perf_counter()
             trainer = subprocess.Popen(train)
@@ -141,9 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if code != 0:
         raise StageFailed("main.py", code)
     total = time.perf_counter() - begin
-    label = "main.py (from its start)" if not args.sequential else "main.py"
+    gen_mv_label = "gen_mv" if args.sequential else "gen_mv (from its start)"
+    label = "main.py" if args.sequential else "main.py (from its start)"
     print(f"{label}: {walls['main.py']:.1f} s")
-    print(f"\n| prepare_video s | gen_mv s | {label} s | total s |\n|---|---|---|---|\n"
+    print(f"\n| prepare_video s | {gen_mv_label} s | {label} s | total s |\n|---|---|---|---|\n"
           f"| {walls['prepare_video']:.1f} | {walls['gen_mv']:.1f} | {walls['main.py']:.1f} | **{total:.1f}** |")
     return 0
 

@@ -1,8 +1,8 @@
 """main.py beside gen_mv (``wait_for=``) and the one-command pipeline (scripts/video_to_4d.py).
 
 The trainer waits for a file before it reads the data, and the data it reads is the data that was
-there when the file appeared; the pipeline runs prepare_video, then gen_mv and main.py side by side,
-and stops main.py when gen_mv fails. CPU, tiny random Zero123++ (tests/test_gen_mv.py's model).
+there when the file appeared; gen_mv likewise waits for prepare_video's frames (``--wait-for``);
+the pipeline runs the three stages side by side, and stops the waiting ones when a stage fails. CPU, tiny random Zero123++ (tests/test_gen_mv.py's model).
 """
 import os
 import shutil
@@ -124,10 +124,14 @@ def test_pipeline_runs_gen_mv_beside_main_and_trains_on_its_views(tmp_path, tiny
     assert result.returncode == 0, result.stderr[-2000:]
     dataset = tmp_path / "datasets" / "toy"
     assert sorted(os.listdir(dataset / "zero123")) == ["0_rgba", "1_rgba", "2_rgba"]
-    assert (dataset / "gen_mv.json").exists() and "wrote the views of 3 frames" in (dataset / "gen_mv.log").read_text()
+    gen_mv_log = (dataset / "gen_mv.log").read_text()
+    assert (dataset / "gen_mv.json").exists() and "wrote the views of 3 frames" in gen_mv_log
+    # gen_mv loaded its model, then waited for prepare_video's record (written by the command)
+    assert gen_mv_log.index("loaded Zero123++") < gen_mv_log.index("prepare_video.json is there")
+    assert '"wall_s"' in (dataset / "prepare_video.json").read_text()
     assert "reading the data" in result.stderr  # main.py waited for gen_mv's record
     assert (tmp_path / "logs" / "toy" / "2" / "checkpoint.pt").exists()
-    assert "| prepare_video s | gen_mv s |" in result.stdout
+    assert "| prepare_video s | gen_mv (from its start) s | main.py (from its start) s |" in result.stdout
 
 
 @pytest.mark.slow
@@ -154,6 +158,34 @@ def test_pipeline_stops_main_when_gen_mv_fails(tmp_path, tiny_model):  # noqa: F
     # main.py was stopped while importing (nothing made yet) or while starting (it released and removed
     # its run folder), depending on which came first: no run folder either way
     assert not (tmp_path / "logs" / "toy").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_stops_gen_mv_and_main_when_prepare_video_fails(tmp_path, tiny_model):  # noqa: F811
+    """prepare_video fails (a frame count it refuses) while gen_mv and main.py load: both are stopped,
+    the command ends in prepare_video's failure, and the dataset folder it made for gen_mv's log is gone."""
+    command = pipeline_command(tmp_path, tiny_model)
+    command[command.index("--prepare-args") + 1] = "--matting none --frames 0"
+    start = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and time.monotonic() - start < 300
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "error: prepare_video failed (exit status 2), see above" and "Traceback" not in result.stderr
+    assert not (tmp_path / "datasets" / "toy").exists() and not (tmp_path / "logs" / "toy").exists()
+
+
+def test_gen_mv_gives_up_waiting_for_the_frames_in_one_line(tmp_path, tiny_model, capsys):  # noqa: F811
+    """gen_mv --wait-for: the model loads, then after --wait-timeout one line naming both options."""
+    argv = ["--path", str(tmp_path / "toy"), "--model", tiny_model, "--device", "cpu", "--matting", "color",
+            "--wait-for", str(tmp_path / "never.json"), "--wait-timeout", "0.5"]
+    with pytest.raises(SystemExit) as exit_info:
+        gen_mv.main(argv)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert "loaded Zero123++" in out
+    last = err.strip().splitlines()[-1]  # (before it: the model libraries' loading progress)
+    assert last.startswith(f"error: --wait-for={tmp_path / 'never.json'}: it did not appear within 0 s")
+    assert "--wait-timeout" in last and "prepare_video" in last and "Traceback" not in err
 
 
 def test_a_signal_while_waiting_stops_main_in_one_line(tmp_path):
@@ -191,14 +223,16 @@ def test_warm_up_does_not_run_without_cuda(tmp_path):
     assert calls == [] and torch.device(trainer.device).type == "cpu"
 
 
-def test_pipeline_refuses_gen_mv_arguments_it_sets_before_any_stage(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--json other.json", "--wait-for other.json"])
+def test_pipeline_refuses_gen_mv_arguments_it_sets_before_any_stage(tmp_path, capsys, option):
     from stag4d import video_to_4d
 
     with pytest.raises(SystemExit) as exit_info:
         video_to_4d.main([str(tmp_path / "clip.mp4"), "--name", "toy", "--out-root", str(tmp_path),
-                          "--gen-mv-args", "--json other.json"])
+                          "--gen-mv-args", option])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().startswith("error: --gen-mv-args: leave out --json")
+    name = option.split()[0]
+    assert capsys.readouterr().err.strip().startswith(f"error: --gen-mv-args: leave out {name}")
     assert not (tmp_path / "toy").exists()  # prepare_video never ran
 
 

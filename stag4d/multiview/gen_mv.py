@@ -45,8 +45,15 @@ from cam_utils import tile_box
 from stag4d.data import matting
 from stag4d.data.frames import list_ref_frames
 from stag4d.device import resolve_device
-from stag4d.errors import DataError, ModelUnavailable, UserError, exit_on_user_error, quiet_hub_warnings
-from stag4d.files import save_image, write_text
+from stag4d.errors import (
+    DataError,
+    ModelUnavailable,
+    TrainingStopped,
+    UserError,
+    exit_on_user_error,
+    quiet_hub_warnings,
+)
+from stag4d.files import save_image, wait_for_file, write_text
 from stag4d.multiview.pipeline import RANDOMNESS, composite_on_gray, load_pipeline
 from stag4d.multiview.temporal_anchor import BLENDS, STORAGES, TemporalAnchor, record_bytes
 
@@ -96,6 +103,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the run's timings and memory here, atomically, once every view is on disk "
                              "(for benchmarks, and for a main.py started beside gen_mv with wait_for=FILE)")
+    parser.add_argument("--wait-for", default=None, metavar="FILE",
+                        help="load the model first, then wait for FILE before reading the frames (written once the "
+                             "frames are on disk; scripts/video_to_4d.py starts gen_mv beside prepare_video this way)")
+    parser.add_argument("--wait-timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="seconds to wait for --wait-for before giving up (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -104,8 +116,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--steps {args.steps}: give at least 1 (75 is the released setting)")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give at least 1 (1 generates the frames one by one)")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))) and not args.wait_for:
         raise UserError(f"--json {args.json}: its folder does not exist; create it or give another path")
+    if args.wait_timeout <= 0:
+        raise UserError(f"--wait-timeout {args.wait_timeout}: give a positive number of seconds")
     if args.width < 2 or args.width % 2 or args.height * 2 != args.width * 3:
         raise UserError(
             f"--width {args.width} --height {args.height}: the grid is 2 x 3 square tiles, so the width must "
@@ -230,6 +244,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.released:
         args.anchor_blend, args.randomness, args.matte_input = "released", "released", False
     check_args(args)
+    device = resolve_device(args.device or "auto")
+    pipe = None
+    if args.wait_for:  # started beside the stage that writes the frames: the model loads meanwhile
+        pipe, load_s = load_model(args, device)
+        try:
+            waited = wait_for_file(args.wait_for, args.wait_timeout, "--wait-for", "--wait-timeout",
+                                   writer="prepare_video, through scripts/video_to_4d.py")
+        except KeyboardInterrupt:
+            raise TrainingStopped(f"interrupted while waiting for {args.wait_for}: nothing was generated",
+                                  exit_code=130) from None
+        print(f"{args.wait_for} is there (waited {waited:.1f} s): reading the frames", flush=True)
     copied = copy_top_level_frames(args.path)
     if copied:
         print(f"copied {copied} frames into {os.path.join(args.path, 'ref')}")
@@ -241,26 +266,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_record(args, frames_written=0, frames_generated=0)  # a main.py waiting for it goes on
         return 0
 
-    try:  # fail now, not after the first frame
-        matte(np.zeros((8, 8, 3), dtype=np.uint8), args.matting)
-    except ModelUnavailable as err:
-        raise ModelUnavailable(f"--matting {args.matting}: {err}; or run gen_mv.py with --matting color (offline)") from err
-    device = resolve_device(args.device or "auto")
     batch_size = args.batch_size or (CUDA_BATCH_SIZE if device.type == "cuda" else 1)
     anchored = not args.no_temporal_anchor
     run = frames_to_run(frames, todo, anchored)
     # Worker threads keep the CPU work off the GPU's path: one reads (and mattes) the input frames
-    # ahead, from now on, while the model loads; one mattes and writes the views of generated frames.
+    # ahead, from now on (while the model loads, unless it loaded before the wait); one mattes and
+    # writes the views of generated frames.
     reader, writer = ThreadPoolExecutor(1, "gen_mv_read"), ThreadPoolExecutor(1, "gen_mv_write")
     writes: list[Future] = []
     try:
         inputs = {i: reader.submit(read_frame, file, args.matting, args.matte_input) for i, file in run}
-        begin = time.perf_counter()
-        with quiet_hub_warnings():
-            pipe = load_pipeline(args.model, device=device)
-        loaded = time.perf_counter()
-        parts = ", ".join(f"{name} {sec:.1f}" for name, sec in pipe.load_seconds.items())
-        print(f"loaded Zero123++ from {args.model} on {device} in {loaded - begin:.1f} s ({parts})")
+        if pipe is None:
+            pipe, load_s = load_model(args, device)
+        loaded = time.perf_counter()  # the generation's clock starts here (after any wait)
         anchor = None
         if anchored:
             anchor = TemporalAnchor("record", blend=args.anchor_blend,
@@ -299,11 +317,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if peak is not None:
         print(f"peak GPU memory {peak / 2**30:.2f} GiB")
     write_record(args, device=str(device), batch_size=batch_size, frames_written=len(todo), frames_generated=len(run),
-                 load_s=loaded - begin, load_parts_s=dict(pipe.load_seconds), generate_s=seconds,
+                 load_s=load_s, load_parts_s=dict(pipe.load_seconds), generate_s=seconds,
                  s_per_frame=seconds / len(run), peak_gpu_gib=None if peak is None else peak / 2**30,
                  anchor_records=None if anchor is None else dict(count=len(anchor), gib=anchor.nbytes / 2**30,
                                                                 storage=anchor.storage))
     return 0
+
+
+def load_model(args: argparse.Namespace, device: torch.device):
+    """(the Zero123++ pipeline on ``device``, seconds it took); checks the matting first, so that a
+    missing matting model fails now, not after the first frame."""
+    try:
+        matte(np.zeros((8, 8, 3), dtype=np.uint8), args.matting)
+    except ModelUnavailable as err:
+        raise ModelUnavailable(f"--matting {args.matting}: {err}; or run gen_mv.py with --matting color (offline)") from err
+    begin = time.perf_counter()
+    with quiet_hub_warnings():
+        pipe = load_pipeline(args.model, device=device)
+    seconds = time.perf_counter() - begin
+    parts = ", ".join(f"{name} {sec:.1f}" for name, sec in pipe.load_seconds.items())
+    print(f"loaded Zero123++ from {args.model} on {device} in {seconds:.1f} s ({parts})", flush=True)
+    return pipe, seconds
 
 
 def write_record(args: argparse.Namespace, **fields) -> None:
