@@ -9,6 +9,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import os
 import sys
 import warnings
 from typing import Iterator
@@ -42,6 +43,10 @@ class TrainingStopped(UserError):
         self.exit_code = exit_code
 
 
+ERROR_PREFIX = "error: "  # what exit_on_user_error prints before the one-line message
+MAX_ERROR_CHARS = 300  # a quoted stage error longer than this is cut (last_error_message)
+
+
 def exit_on_user_error(main):
     """Decorator for script entry points: print UserErrors as one line and exit with status 2
     (or the error's own ``exit_code``)."""
@@ -51,10 +56,34 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
             sys.exit(getattr(err, "exit_code", 2))
 
     return wrapper
+
+
+def last_error_message(text: str) -> str:
+    """The one-line error in a stage's output (the batch runner and video_to_4d quote it): its last
+    ``error: ...`` line without the prefix, else its last line (a traceback's exception); progress
+    bars' carriage returns count as line ends."""
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(ERROR_PREFIX):
+            message = line[len(ERROR_PREFIX):]
+            break
+    else:
+        message = lines[-1] if lines else "no output"
+    return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 3] + "..."
+
+
+def file_tail(path: str, size: int = 65536) -> str:
+    """The last ``size`` bytes of a text file (a stage's log), decoded; "" when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from stag4d.errors import TrainingStopped, UserError, exit_on_user_error
+from stag4d.errors import TrainingStopped, UserError, exit_on_user_error, file_tail, last_error_message
 from stag4d.files import write_text
 
 # the stages as modules (the scripts' own code), so that this works from any folder
@@ -82,15 +82,6 @@ def run_stage(name: str, command: list[str], walls: dict[str, float]) -> None:
     if code != 0:
         raise StageFailed(name, code)
     print(f"{name}: {walls[name]:.1f} s", flush=True)
-
-
-def last_line(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
 
 
 def stop(process: subprocess.Popen, seconds: float = 60.0) -> None:
@@ -157,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if code != 0:
             if trainer is not None:
                 stop(trainer)
-            raise StageFailed("gen_mv", code, f"{last_line(log)} (whole output: {log})")
+            raise StageFailed("gen_mv", code, f"{last_error_message(file_tail(log))} (whole output: {log})")
         where = "" if args.sequential else "from its start, beside prepare_video and main.py; "
         print(f"gen_mv: {walls['gen_mv']:.1f} s ({where}output: {log})", flush=True)
         if trainer is None:

@@ -153,7 +153,7 @@ def test_pipeline_stops_main_when_gen_mv_fails(tmp_path, tiny_model):  # noqa: F
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and time.monotonic() - start < 300
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: gen_mv failed (exit status 2): error: --batch-size")
+    assert lines[-1].startswith("error: gen_mv failed (exit status 2): --batch-size 0: give at least 1")
     assert "Traceback" not in result.stderr
     # main.py was stopped while importing (nothing made yet) or while starting (it released and removed
     # its run folder), depending on which came first: no run folder either way

@@ -24,9 +24,8 @@ import ray
 import stag4d
 from stag4d.batch.records import StageRecord, write_record
 from stag4d.batch.stages import StageJob
+from stag4d.errors import file_tail, last_error_message
 
-ERROR_PREFIX = "error: "  # what exit_on_user_error prints before the one-line message
-MAX_ERROR_CHARS = 300
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -42,24 +41,6 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before the guard was set
         os._exit(1)
-
-
-def last_message(text: str) -> str:
-    """The one-line error of a stage's output: its last ``error: ...`` line, else its last line."""
-    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith(ERROR_PREFIX):
-            message = line[len(ERROR_PREFIX):]
-            break
-    else:
-        message = lines[-1] if lines else "no output"
-    return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 3] + "..."
-
-
-def _tail(path: str, size: int = 65536) -> str:
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - size))
-        return f.read().decode("utf-8", "replace")
 
 
 def stage_environment(num_cpus: float, num_gpus: float) -> dict[str, str]:
@@ -99,7 +80,7 @@ def run_process(command: Sequence[str], log_file: str, cwd: str, env: dict[str, 
         return 0, ""
     if code < 0:
         return code, f"killed by {signal.Signals(-code).name}"
-    return code, last_message(_tail(log_file))
+    return code, last_error_message(file_tail(log_file))
 
 
 def execute_stage(job: StageJob) -> StageRecord:
@@ -136,5 +117,4 @@ def submit(job: StageJob, retries: int) -> ray.ObjectRef:
                               retry_exceptions=[StageKilled], name=f"{job.clip}:{job.stage}").remote(job)
 
 
-__all__ = ["StageKilled", "execute_stage", "last_message", "run_process", "stage_environment",
-           "stage_task", "submit"]
+__all__ = ["StageKilled", "execute_stage", "run_process", "stage_environment", "stage_task", "submit"]
