@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -563,20 +564,32 @@ class Zero123Guidance:
         self.clip_embeds = clip.contiguous()
         self.cond_latents = latent.contiguous()
 
-    def warm_up(self, batch: int) -> None:
+    def warm_up(self, batch: int) -> dict[str, float]:
         """One SDS pass (VAE encoder forward and backward, guided UNet) on zeros of a training step's
         shapes, ``batch`` renders: torch.compile, the CUDA-graph captures and cuDNN's algorithm
         timing happen now instead of at the first step, e.g. while main.py waits for gen_mv
         (``data.wait_for``). It draws no random numbers and needs no :meth:`prepare`; a step after
-        it computes what it computes without it."""
+        it computes what it computes without it. Returns the seconds of each part (device synchronized)."""
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+
+        def done(part: str) -> None:
+            nonlocal start
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds[part], start = time.perf_counter() - start, time.perf_counter()
+
         shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
         pixels = torch.zeros(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device, requires_grad=True)
         latents = self.encode_images(pixels, torch.zeros(shape, device=self.device))
         latents.float().sum().backward()
+        done("VAE encoder")
         noisy = torch.zeros(shape, device=self.device, dtype=self.dtype)
         timesteps = torch.full((batch,), self.num_train_timesteps // 2, device=self.device, dtype=torch.long)
         context = torch.zeros(batch, self.unet.config.cross_attention_dim, device=self.device, dtype=self.dtype)
         self.predict_noise(noisy, timesteps, context, torch.zeros_like(noisy))
+        done("UNet")
+        return seconds
 
     # -- SDS ------------------------------------------------------------------------------------
 

@@ -446,7 +446,10 @@ class Trainer:
         if self.cfg.loss.lambda_zero123 <= 0:
             return
         if self.guidance is None:
+            start = time_module.perf_counter()
             self.guidance = self._load_guidance()
+            print(f"loaded the Zero123 guidance in {time_module.perf_counter() - start:.1f} s", file=sys.stderr,
+                  flush=True)
         warm_up = getattr(self.guidance, "warm_up", None)
         if warm_up is None or self.device.type != "cuda":
             return
@@ -454,10 +457,11 @@ class Trainer:
         if self.cfg.guidance.guidance_compile:  # without a word it would look like a hang
             print("guidance_compile: compiling the guidance (a minute or more on a new machine, seconds from "
                   "inductor's cache after that; guidance_compile=false skips it)", file=sys.stderr, flush=True)
-        warm_up(self.cfg.train.batch_size)
+        parts = warm_up(self.cfg.train.batch_size) or {}
         torch.cuda.synchronize(self.device)
-        print(f"guidance ready for the first step in {time_module.perf_counter() - start:.1f} s", file=sys.stderr,
-              flush=True)
+        split = f" ({', '.join(f'{part} {s:.1f} s' for part, s in parts.items())})" if parts else ""
+        print(f"guidance ready for the first step in {time_module.perf_counter() - start:.1f} s{split}",
+              file=sys.stderr, flush=True)
 
     def _load_guidance(self) -> Guidance:
         try:
