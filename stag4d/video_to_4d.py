@@ -108,8 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"--gen-mv-args: leave out {option}; video_to_4d sets it ({dataset}, {record})")
     walls: dict[str, float] = {}
     begin = time.perf_counter()
-    prepare = module(PREPARE_VIDEO) + [args.input, "--name", args.name, "--out-root", args.out_root] + shlex.split(
-        args.prepare_args)
+    prepare = (module(PREPARE_VIDEO) + [args.input, "--name", args.name, "--out-root", args.out_root]
+               + shlex.split(args.prepare_args))
     gen_mv = module(GEN_MV) + ["--path", dataset, "--json", record] + gen_mv_args
     train = module(TRAIN) + ["--config", args.config, f"path={dataset}", f"save_path={args.name}",
                              f"wait_for={record}"] + list(args.overrides)
