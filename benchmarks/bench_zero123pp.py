@@ -34,9 +34,11 @@ size (float images in [0, 1]: max |difference|; 8-bit grids: max levels and shar
 
 ``--unet-options``: one batch of frames (the first ``--batch-sizes`` entry, no anchor) generated
 with the UNet and VAE in channels-last and/or cuDNN's timed algorithm choice, or with another
-attention kernel tried first (``pipeline.attention_kernel``), side by side with
+attention kernel tried first (``pipeline.attention_kernel``), or with its ResNet blocks and
+feed-forward layers compiled (``pipeline.compile_unet_blocks``), side by side with
 the plain run (which is timed again at the end, for drift); each the median of ``--repeats`` after
-a warm-up, and its max |difference| from the plain run's float images.
+a warm-up (its seconds in the last column: cuDNN's timing, torch.compile), and its max |difference|
+from the plain run's float images.
 
 ``--gen-mv DATA`` (whole command): ``python -m stag4d.multiview.gen_mv`` as a subprocess per batch
 size, on a copy of the first ``--frames`` frames of DATA (its ``ref/``; DATA itself is never
@@ -68,7 +70,7 @@ import torch
 
 from stag4d.data.frames import list_ref_frames
 from stag4d.multiview import TemporalAnchor, gen_mv, record_bytes
-from stag4d.multiview.pipeline import attention_kernel, composite_on_gray
+from stag4d.multiview.pipeline import attention_kernel, compile_unet_blocks, composite_on_gray
 from stag4d.multiview.random_model import TINY_CONFIGS, V11_CONFIGS, build_pipeline, save_model_folder
 
 
@@ -236,46 +238,53 @@ def main() -> int:
 # --------------------------------------------------------------------------------------------
 
 
-# (row, channels-last, cuDNN benchmark, attention kernel tried first: pipeline.ATTENTION_KERNELS)
-UNET_OPTIONS = [("plain", False, False, "auto"), ("cuDNN benchmark", False, True, "auto"),
-                ("channels-last", True, False, "auto"), ("channels-last + cuDNN benchmark", True, True, "auto"),
-                ("cuDNN attention", False, False, "cudnn"), ("flash attention", False, False, "flash"),
-                ("memory-efficient attention", False, False, "efficient"),
-                ("plain again", False, False, "auto")]
+# (row, channels-last, cuDNN benchmark, attention kernel tried first: pipeline.ATTENTION_KERNELS,
+#  ResNet blocks and feed-forward layers compiled: pipeline.compile_unet_blocks)
+UNET_OPTIONS = [("plain", False, False, "auto", False), ("cuDNN benchmark", False, True, "auto", False),
+                ("channels-last", True, False, "auto", False),
+                ("channels-last + cuDNN benchmark", True, True, "auto", False),
+                ("cuDNN attention", False, False, "cudnn", False), ("flash attention", False, False, "flash", False),
+                ("memory-efficient attention", False, False, "efficient", False),
+                ("compiled blocks", False, False, "auto", True),
+                ("compiled blocks + channels-last + cuDNN benchmark", True, True, "auto", True),
+                ("plain again", False, False, "auto", False)]
 
 
 def unet_options(args, pipe, device: torch.device, width: int, height: int) -> int:
     """Seconds of one batch under each of :data:`UNET_OPTIONS`, and how far its images are from the plain run's."""
     frames = [disk_frame(i) for i in range(args.batch_sizes[0])]
     print(f"{len(frames)} frames per batch, {args.steps} steps, {width}x{height}, median of {args.repeats} after a warm-up")
-    print("| setting | seconds | s/frame | runs | max abs difference from plain | peak GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | seconds | s/frame | runs | max abs difference from plain | peak GiB | warm-up s |")
+    print("|---|---|---|---|---|---|---|")
     plain = None
     wanted = None if args.unet_options == "all" else {n.strip() for n in args.unet_options.split(",")}
     unknown = (wanted or set()) - {row[0] for row in UNET_OPTIONS}
     if unknown:
         raise SystemExit(f"--unet-options: no row {', '.join(sorted(unknown))}; rows: "
                          + ", ".join(row[0] for row in UNET_OPTIONS))
-    for name, channels_last, benchmark, kernel in UNET_OPTIONS:
+    for name, channels_last, benchmark, kernel, compiled in UNET_OPTIONS:
         if wanted is not None and name not in wanted:
             continue
         torch.backends.cudnn.benchmark = benchmark
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         pipe.unet.to(memory_format=memory_format)
         pipe.vae.to(memory_format=memory_format)
+        compile_unet_blocks(pipe.unet, compile=compiled)
 
         def run(steps: int = args.steps, kernel: str = kernel):
             with attention_kernel(kernel):
                 return pipe.generate(frames, steps=steps, width=width, height=height, output="float")
 
-        run(min(2, args.steps))  # warm-up (cuDNN benchmark times its algorithms here)
+        # warm-up: cuDNN benchmark times its algorithms here, torch.compile compiles (or loads its cache)
+        warm_up_s = timed(lambda: run(min(2, args.steps)), device)[0]
         runs = [timed(run, device) for _ in range(args.repeats)]
         images = runs[-1][2]
         plain = images if plain is None else plain
         difference = max(float(np.abs(a - b).max()) for a, b in zip(images, plain))
         seconds = statistics.median(t for t, _, _ in runs)
         print(f"| {name} | {seconds:.2f} | {seconds / len(frames):.3f} | {', '.join(f'{t:.2f}' for t, _, _ in runs)} "
-              f"| {difference:.2e} | {max(p for _, p, _ in runs) / 2**30:.2f} |", flush=True)
+              f"| {difference:.2e} | {max(p for _, p, _ in runs) / 2**30:.2f} | {warm_up_s:.1f} |", flush=True)
+    compile_unet_blocks(pipe.unet, compile=False)
     torch.backends.cudnn.benchmark = False
     return 0
 

@@ -23,7 +23,8 @@ from PIL import Image
 from test_gen_mv import HEIGHT, STEPS, WIDTH, make_dataset, run_gen_mv, tiny_model  # noqa: F401  (fixture)
 
 from stag4d.multiview import AnchorMismatch, TemporalAnchor, gen_mv
-from stag4d.multiview.pipeline import ATTENTION_KERNELS, attention_kernel, composite_on_gray, load_pipeline
+from stag4d.multiview.pipeline import (ATTENTION_KERNELS, attention_kernel, compile_unet_blocks, composite_on_gray,
+                                      load_pipeline)
 from stag4d.multiview.temporal_anchor import released_blend_tokens
 
 FLOAT_TOLERANCE = 1e-4  # float images in [0, 1], CPU fp32: see the module docstring
@@ -396,6 +397,52 @@ def test_attention_kernels_on_cuda(tiny_model, kernel, capsys):  # noqa: F811
         chosen = pipe.generate(frames, **kwargs)
     difference = max_difference(chosen, default)
     print(f"\n{kernel} attention vs the default kernel, fp16 frames: max |difference| {difference:.2e}")
+    assert difference < CUDA_TOLERANCES[torch.float16]
+
+
+def test_compile_unet_blocks_compiles_the_resnet_and_feed_forward_blocks_only(tiny_model):  # noqa: F811
+    """pipeline.compile_unet_blocks (benchmarks/bench_zero123pp.py --unet-options): the ResNet blocks
+    and feed-forward layers get a compiled call (torch.compile is lazy: nothing compiles here), the
+    attention layers, which carry the reference attention and the temporal anchor, do not; and
+    compile=False gives every block its eager call back."""
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.resnet import ResnetBlock2D
+
+    unet = load_pipeline(tiny_model, device="cpu").unet
+    blocks = compile_unet_blocks(unet)
+    kinds = {type(b) for b in blocks}
+    assert kinds == {ResnetBlock2D, FeedForward} and len(blocks) > 2
+    compiled = {id(m) for m in unet.modules() if m._compiled_call_impl is not None}
+    assert compiled == {id(b) for b in blocks}
+    compile_unet_blocks(unet, compile=False)
+    assert all(m._compiled_call_impl is None for m in unet.modules())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+def test_compiled_unet_blocks_give_the_frames_of_the_eager_ones_cuda(tiny_model, channels_last):  # noqa: F811
+    """Zero123++ with its ResNet blocks and feed-forward layers compiled, fp16, frame 0 recording the
+    temporal anchor and two frames replaying it: the frames of the eager UNet within the fp16 batch
+    tolerance (inductor's fused kernels round differently; a wrong block would differ by O(1))."""
+    pipe = load_pipeline(tiny_model, device="cuda", dtype=torch.float16)
+    kwargs = {"steps": STEPS, "width": WIDTH, "height": HEIGHT, "output": "float"}
+
+    def frames():
+        anchor = TemporalAnchor("record", blend="own", storage="device")
+        result = pipe.generate([frame(0), frame(1), frame(2)], anchor=anchor, **kwargs)
+        anchor.set_mode("replay")
+        return result + pipe.generate([frame(3), frame(4), frame(5)], anchor=anchor, **kwargs)
+
+    eager = frames()
+    pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    compile_unet_blocks(pipe.unet)
+    try:
+        compiled = frames()
+    finally:
+        compile_unet_blocks(pipe.unet, compile=False)
+    difference = max_difference(compiled, eager)
+    print(f"\ncompiled blocks ({'channels-last' if channels_last else 'contiguous'}) vs eager, fp16 frames: "
+          f"max |difference| {difference:.2e}")
     assert difference < CUDA_TOLERANCES[torch.float16]
 
 
