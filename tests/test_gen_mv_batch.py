@@ -348,6 +348,32 @@ def test_gen_mv_batches_on_cuda(tmp_path, tiny_model, monkeypatch, capsys):  # n
     assert levels <= 255 * CUDA_TOLERANCES[torch.float16] + 1
 
 
+def test_gen_mv_speed_options_are_inert_on_the_cpu(tmp_path, tiny_model, monkeypatch, capsys):  # noqa: F811
+    path = make_dataset(tmp_path, frames=2)
+    saved = spy_on_saved_grids(monkeypatch)
+    assert run_gen_mv(path, tiny_model) == 0
+    plain = dict(saved)
+    assert run_gen_mv(path, tiny_model, "--overwrite", "--compile", "--channels-last") == 0
+    assert "UNet" not in capsys.readouterr().out
+    assert all(np.array_equal(saved[i], plain[i]) for i in range(2))
+
+
+@pytest.mark.cuda
+def test_gen_mv_compiled_unet_on_cuda(tmp_path, tiny_model, monkeypatch, capsys):  # noqa: F811
+    """gen_mv --compile --channels-last against the plain run: the same views within the fp16 batch
+    tolerance; the warm-up step leaves the frames' draws alone (a shifted draw would differ by O(1))."""
+    path = make_dataset(tmp_path, frames=5)
+    saved = spy_on_saved_grids(monkeypatch)
+    assert run_gen_mv(path, tiny_model, device="cuda") == 0
+    plain = dict(saved)
+    capsys.readouterr()
+    assert run_gen_mv(path, tiny_model, "--overwrite", "--compile", "--channels-last", device="cuda") == 0
+    assert "UNet channels-last and compiled in" in capsys.readouterr().out
+    levels = max(int(np.abs(saved[i].astype(int) - plain[i]).max()) for i in range(5))
+    print(f"\ngen_mv --compile --channels-last vs plain, fp16: at most {levels} 8-bit levels apart")
+    assert levels <= 255 * CUDA_TOLERANCES[torch.float16] + 1
+
+
 def attention_inputs(device: str, dtype: torch.dtype, tokens: int = 96, keys: int = 160, head: int = 64):
     """(q, k, v) [2, 5, L, 64]: Zero123++'s top-level self-attention layout (5 heads of 64), the key
     input longer than the query (own + reference tokens) as in reference attention."""

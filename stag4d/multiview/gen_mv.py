@@ -2,7 +2,8 @@
 
     python scripts/gen_mv.py --path dataset/NAME [--model ID_OR_DIR] [--steps 75] [--seed 42]
         [--guidance 4.0] [--matting rembg|color] [--overwrite] [--no-temporal-anchor]
-        [--device cuda|cpu] [--batch-size N] [--anchor-records auto|host|device]
+        [--device cuda|cpu] [--batch-size N] [--anchor-records auto|host|device] [--json FILE]
+        [--wait-for FILE [--wait-timeout S]] [--compile] [--channels-last]
 
 1. Frames given directly as ``dataset/NAME/<i>.png`` or ``<i>_rgba.png`` are first copied into
    ``ref/<i>_rgba.png`` (the released code does the same with ``cp``); then the frames are
@@ -54,7 +55,7 @@ from stag4d.errors import (
     quiet_hub_warnings,
 )
 from stag4d.files import save_image, wait_for_file, write_text
-from stag4d.multiview.pipeline import RANDOMNESS, composite_on_gray, load_pipeline
+from stag4d.multiview.pipeline import RANDOMNESS, compile_unet_blocks, composite_on_gray, load_pipeline
 from stag4d.multiview.temporal_anchor import BLENDS, STORAGES, TemporalAnchor, record_bytes
 
 MATTINGS = ("rembg", "color")
@@ -103,6 +104,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the run's timings and memory here, atomically, once every view is on disk "
                              "(for benchmarks, and for a main.py started beside gen_mv with wait_for=FILE)")
+    parser.add_argument("--compile", action="store_true",
+                        help="CUDA: torch.compile the UNet's ResNet blocks and feed-forward layers, before the wait "
+                             "of --wait-for when there is one (not measured as faster yet: off)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="CUDA: the UNet in channels-last memory format (slower alone; meant with --compile)")
     parser.add_argument("--wait-for", default=None, metavar="FILE",
                         help="load the model first, then wait for FILE before reading the frames (written once the "
                              "frames are on disk; scripts/video_to_4d.py starts gen_mv beside prepare_video this way)")
@@ -245,9 +251,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.anchor_blend, args.randomness, args.matte_input = "released", "released", False
     check_args(args)
     device = resolve_device(args.device or "auto")
+    batch_size = args.batch_size or (CUDA_BATCH_SIZE if device.type == "cuda" else 1)
     pipe = None
     if args.wait_for:  # started beside the stage that writes the frames: the model loads meanwhile
-        pipe, load_s = load_model(args, device)
+        pipe, load_s = load_model(args, device, batch_size)
         try:
             waited = wait_for_file(args.wait_for, args.wait_timeout, "--wait-for", "--wait-timeout",
                                    writer="prepare_video, through scripts/video_to_4d.py")
@@ -266,7 +273,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_record(args, frames_written=0, frames_generated=0)  # a main.py waiting for it goes on
         return 0
 
-    batch_size = args.batch_size or (CUDA_BATCH_SIZE if device.type == "cuda" else 1)
     anchored = not args.no_temporal_anchor
     run = frames_to_run(frames, todo, anchored)
     # Worker threads keep the CPU work off the GPU's path: one reads (and mattes) the input frames
@@ -277,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         inputs = {i: reader.submit(read_frame, file, args.matting, args.matte_input) for i, file in run}
         if pipe is None:
-            pipe, load_s = load_model(args, device)
+            pipe, load_s = load_model(args, device, batch_size)
         loaded = time.perf_counter()  # the generation's clock starts here (after any wait)
         anchor = None
         if anchored:
@@ -324,9 +330,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def load_model(args: argparse.Namespace, device: torch.device):
-    """(the Zero123++ pipeline on ``device``, seconds it took); checks the matting first, so that a
-    missing matting model fails now, not after the first frame."""
+def load_model(args: argparse.Namespace, device: torch.device, batch_size: int):
+    """(the Zero123++ pipeline on ``device``, seconds it took, speed options and their warm-up
+    included); checks the matting first, so that a missing matting model fails now, not after the
+    first frame."""
     try:
         matte(np.zeros((8, 8, 3), dtype=np.uint8), args.matting)
     except ModelUnavailable as err:
@@ -337,7 +344,33 @@ def load_model(args: argparse.Namespace, device: torch.device):
     seconds = time.perf_counter() - begin
     parts = ", ".join(f"{name} {sec:.1f}" for name, sec in pipe.load_seconds.items())
     print(f"loaded Zero123++ from {args.model} on {device} in {seconds:.1f} s ({parts})", flush=True)
-    return pipe, seconds
+    return pipe, seconds + speed_options(args, pipe, device, batch_size)
+
+
+def speed_options(args: argparse.Namespace, pipe, device: torch.device, batch_size: int) -> float:
+    """--channels-last and --compile (CUDA only; inert elsewhere): the UNet's memory format, then its
+    blocks compiled (:func:`compile_unet_blocks`) and compiled now, by one denoising step of a batch
+    of grey frames of the run's shapes, instead of in the first batch. That step draws from its own
+    seeded generators and leaves torch's global ones as they were. Returns the seconds it took."""
+    if device.type != "cuda" or not (args.compile or args.channels_last):
+        return 0.0
+    begin = time.perf_counter()
+    if args.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if args.compile:
+        compile_unet_blocks(pipe.unet)
+        states = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+        grey = composite_on_gray(np.zeros((8, 8, 4), dtype=np.uint8))
+        pipe.generate([grey] * batch_size, steps=1, guidance_scale=args.guidance, width=args.width,
+                      height=args.height, seed=list(range(batch_size)))
+        torch.set_rng_state(states[0])
+        torch.cuda.set_rng_state_all(states[1])
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # the anchor's storage choice reads the free memory next
+    seconds = time.perf_counter() - begin
+    chosen = " and ".join(name for name, on in (("channels-last", args.channels_last), ("compiled", args.compile)) if on)
+    print(f"UNet {chosen} in {seconds:.1f} s", flush=True)
+    return seconds
 
 
 def write_record(args: argparse.Namespace, **fields) -> None:
