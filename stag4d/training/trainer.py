@@ -616,18 +616,17 @@ class Trainer:
         gaussians = gaussians[:b]
         views = batch.random_views or []
         random_cameras = [v.camera for v in views]
+        random_backgrounds = torch.stack([v.background for v in views]) if views else None
         if self.cfg.train.merge_renders and ref_cameras and views and same_view_setup(ref_cameras + random_cameras):
             # one call for both kinds: rasterizing B + B images at once gives each image what two calls give it
             both = render_batch(list(ref_gaussians) + list(gaussians), ref_cameras + random_cameras,
-                                torch.cat([ref_backgrounds, torch.stack([v.background for v in views])]),
-                                backend=self.backend)
+                                torch.cat([ref_backgrounds, random_backgrounds]), backend=self.backend)
             reference, random = both[:len(ref_cameras)], both[len(ref_cameras):]
         else:
             if ref_cameras:
                 reference = render_batch(ref_gaussians, ref_cameras, ref_backgrounds, backend=self.backend)
             if views:
-                random = render_batch(gaussians, random_cameras, torch.stack([v.background for v in views]),
-                                      backend=self.backend)
+                random = render_batch(gaussians, random_cameras, random_backgrounds, backend=self.backend)
         if batch.anchors:
             cameras = [self.anchor_cams[view].with_time(batch.times[b]) for b, view in batch.anchors]
             anchors = render_batch([gaussians[b] for b, _ in batch.anchors], cameras,
