@@ -136,8 +136,8 @@ def main() -> int:
     parser.add_argument("--gen-mv", default=None, metavar="DATA", help="time the whole gen_mv command on DATA")
     parser.add_argument("--model-dir", default=None, help="--gen-mv: the random model folder (written if absent)")
     parser.add_argument("--unet-options", nargs="?", const="all", default=None, metavar="ROWS",
-                        help="time the UNet / VAE memory format, cuDNN benchmark and attention kernel options side "
-                             "by side; ROWS: comma-separated row names to keep (default: every row)")
+                        help="time the UNet / VAE memory format, cuDNN benchmark, attention kernel and compiled-block "
+                             "options side by side; ROWS: comma-separated row names to keep (default: every row)")
     args = parser.parse_args()
     device = torch.device(args.device)
     configs = TINY_CONFIGS if args.tiny else V11_CONFIGS

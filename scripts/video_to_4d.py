@@ -1,6 +1,6 @@
 """Video to 4D object in one command: ``python scripts/video_to_4d.py INPUT --name NAME [key=value ...]``.
 
-prepare_video, then gen_mv and main.py side by side (main.py compiles its guidance while gen_mv works). The command
+prepare_video, gen_mv and main.py side by side, each loading its model while the stage before it works. The command
 lives in :mod:`stag4d.video_to_4d`. Run from a checkout after ``pip install -r requirements.txt``, which installs this
 project (``-e .``).
 """

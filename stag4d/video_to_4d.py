@@ -57,7 +57,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/stag4d.yaml", help="main.py's config (default: %(default)s)")
     parser.add_argument("--prepare-args", default="", help='more prepare_video arguments, e.g. "--matting color"')
     parser.add_argument("--gen-mv-args", default="", help='more gen_mv arguments, e.g. "--model DIR"')
-    parser.add_argument("--sequential", action="store_true", help="start main.py after gen_mv, not beside it")
+    parser.add_argument("--sequential", action="store_true", help="run the stages one after the other, not side by side")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="main.py settings")
     return parser.parse_intermixed_args(argv)
 
@@ -103,9 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     record, log = os.path.join(dataset, RECORD), os.path.join(dataset, GEN_MV_LOG)
     prepared = os.path.join(dataset, PREPARED)
     gen_mv_args = shlex.split(args.gen_mv_args)
-    for option in ("--path", "--json", "--wait-for"):
+    for option, value in (("--path", dataset), ("--json", record), ("--wait-for", prepared)):
         if any(a == option or a.startswith(option + "=") for a in gen_mv_args):
-            raise UserError(f"--gen-mv-args: leave out {option}; video_to_4d sets it ({dataset}, {record})")
+            raise UserError(f"--gen-mv-args: leave out {option}; video_to_4d sets it ({value})")
     walls: dict[str, float] = {}
     begin = time.perf_counter()
     prepare = (module(PREPARE_VIDEO) + [args.input, "--name", args.name, "--out-root", args.out_root]
