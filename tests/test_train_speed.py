@@ -18,11 +18,14 @@ from stag4d.training.trainer import Trainer
 GRAPHS = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true"]
 NOT_COMPILED = ["guidance_compile=false", "guidance_channels_last=false", "guidance_cudnn_benchmark=false",
                 "guidance_vae_attention=sdpa", "compile_regularizers=false"]
-PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_adam=false"] + NOT_COMPILED
+# two rasterizer calls a step, the reference views then the random views (merge_renders, a default, makes one)
+SEPARATE_RENDERS = ["merge_renders=false"]
+PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_adam=false"] + NOT_COMPILED + SEPARATE_RENDERS
 # the graphs and fused Adam alone (the same kernels as PLAIN)
-FAST = GRAPHS + NOT_COMPILED
+FAST = GRAPHS + NOT_COMPILED + SEPARATE_RENDERS
 # the defaults (the graphs, torch.compile of the guidance, its convolution options, the VAE attention
-# by matmuls, the HexPlane regularizers compiled) and the deformation field compiled too
+# by matmuls, the HexPlane regularizers compiled, one rasterizer call for both view kinds) and the
+# deformation field compiled too
 COMPILED = GRAPHS + ["guidance_compile=true", "guidance_channels_last=true", "guidance_cudnn_benchmark=true",
                      "guidance_vae_attention=matmul", "compile_regularizers=true", "compile_deformation=true"]
 

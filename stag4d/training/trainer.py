@@ -108,7 +108,7 @@ class TrainConfig:
     compile_regularizers: bool = setting(True, "torch.compile the HexPlane regularizers: about 190 small ops a "
                                          "step, forward and backward, in a few fused kernels (CUDA only; "
                                          "compiles at the first fine step: about 1 s from inductor's cache)")
-    merge_renders: bool = setting(False, "render the reference and the random views in one rasterizer call when "
+    merge_renders: bool = setting(True, "render the reference and the random views in one rasterizer call when "
                                   "they share a size (the fine stage from step_ratio 0.6 on, at the default "
                                   "sizes): the same images, one gsplat call fewer a step")
 
