@@ -47,6 +47,7 @@ RECORD = "gen_mv.json"  # gen_mv's --json record in the dataset folder: main.py'
 # written here once prepare_video has written the frames (its input and wall time): gen_mv's signal to read them
 PREPARED = "prepare_video.json"
 GEN_MV_LOG = "gen_mv.log"
+SET_ASIDE = ".earlier"  # suffix of an earlier run's records while this run's prepare_video works
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -115,15 +116,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"wait_for={record}"] + list(args.overrides)
 
     created = False
+    # an earlier run's records: the waiting stages must wait for this run's. Side by side they are
+    # set aside (with its gen_mv log) until prepare_video succeeds, so that a prepare_video that
+    # refuses (frames there, no --overwrite) leaves the dataset as it was
+    earlier = [path for path in (record, prepared) if os.path.exists(path)]
     if args.sequential:
         run_stage("prepare_video", prepare, walls)
+        for path in earlier:
+            os.remove(path)
+        earlier = []
     else:  # gen_mv's log goes into the dataset folder from the start
         created = not os.path.isdir(dataset)
         os.makedirs(dataset, exist_ok=True)
         gen_mv += ["--wait-for", prepared]
-    for stale in (record, prepared):  # an earlier run's: the waiting stages must wait for this run's
-        if os.path.exists(stale):
-            os.remove(stale)
+        earlier += [log] if os.path.exists(log) else []
+        for path in earlier:
+            os.replace(path, path + SET_ASIDE)
 
     start = time.perf_counter()
     generator = trainer = None
@@ -138,9 +146,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for process in (generator, trainer):
                     stop(process)
                 os.remove(log)  # it holds only gen_mv's start: nothing of this dataset
+                for path in earlier:
+                    os.replace(path + SET_ASIDE, path)
                 if created and not os.listdir(dataset):
                     os.rmdir(dataset)
                 raise
+            for path in earlier:  # this run's frames replaced theirs
+                os.remove(path + SET_ASIDE)
             write_text(prepared, json.dumps(dict(input=args.input, prepare_args=args.prepare_args,
                                                  wall_s=round(walls["prepare_video"], 2)), indent=2) + "\n")
         code = generator.wait()

@@ -174,6 +174,23 @@ def test_pipeline_stops_gen_mv_and_main_when_prepare_video_fails(tmp_path, tiny_
     assert not (tmp_path / "datasets" / "toy").exists() and not (tmp_path / "logs" / "toy").exists()
 
 
+@pytest.mark.slow
+def test_a_refused_rerun_leaves_the_earlier_runs_records_as_they_were(tmp_path, tiny_model):  # noqa: F811
+    """The dataset holds an earlier run (frames, records, gen_mv's log) and the rerun has no --overwrite:
+    prepare_video refuses after gen_mv and main.py started, and the earlier files are back unchanged
+    (they were set aside so that the waiting stages could not take them for this run's)."""
+    dataset = tmp_path / "datasets" / "toy"
+    (dataset / "ref").mkdir(parents=True)
+    Image.fromarray(disk_frame(0)).save(dataset / "ref" / "0_rgba.png")
+    earlier = {name: f"the earlier run's {name}\n" for name in ("gen_mv.json", "prepare_video.json", "gen_mv.log")}
+    for name, text in earlier.items():
+        (dataset / name).write_text(text)
+    result = subprocess.run(pipeline_command(tmp_path, tiny_model), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "already holds 1 frames: pass --overwrite" in result.stderr
+    assert {name: (dataset / name).read_text() for name in earlier} == earlier
+    assert sorted(os.listdir(dataset)) == sorted(["ref", *earlier])  # no set-aside copies left
+
+
 def test_gen_mv_gives_up_waiting_for_the_frames_in_one_line(tmp_path, tiny_model, capsys):  # noqa: F811
     """gen_mv --wait-for: the model loads, then after --wait-timeout one line naming both options."""
     argv = ["--path", str(tmp_path / "toy"), "--model", tiny_model, "--device", "cpu", "--matting", "color",
