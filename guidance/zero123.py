@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -524,7 +525,9 @@ class Zero123Guidance:
         """
         clips, latents = [], []
         starts = range(0, images.shape[0], chunk)
-        for start in tqdm(starts, desc="zero123 embed", leave=False, disable=len(starts) <= 4):
+        # a bar on a terminal only: in a log it is carriage-return noise
+        for start in tqdm(starts, desc="zero123 embed", leave=False,
+                          disable=len(starts) <= 4 or not sys.stderr.isatty()):
             x = resize_square(images[start : start + chunk].to(self.device, torch.float32))
             pixels = self._clip_pixels(x).to(self.dtype)
             clips.append(self.image_encoder(pixel_values=pixels).image_embeds)

@@ -88,11 +88,13 @@ def file_tail(path: str, size: int = 65536) -> str:
 
 @contextlib.contextmanager
 def quiet_hub_warnings(loggers: tuple[str, ...] = ("huggingface_hub", "diffusers", "transformers")) -> Iterator[None]:
-    """Raise the model libraries' loggers to ERROR and ignore their Python warnings during a load.
+    """Raise the model libraries' loggers to ERROR and ignore their Python warnings during a load;
+    when stderr is not a terminal, turn transformers' and diffusers' progress bars off too.
 
     Offline, the hub client logs a warning for every retried request (and diffusers a deprecation
     warning) before giving up; our loaders turn the failure into one ModelUnavailable line, which
-    those messages would bury.
+    those messages would bury. In a log file a bar (transformers' "Loading weights" for every
+    model) is carriage-return noise; on a terminal it stays.
     """
     for name in loggers:  # a library sets its logger's level when first imported: import it first
         with contextlib.suppress(ImportError):
@@ -100,6 +102,14 @@ def quiet_hub_warnings(loggers: tuple[str, ...] = ("huggingface_hub", "diffusers
     previous = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
         logging.getLogger(name).setLevel(logging.ERROR)
+    bars_turned_off = []
+    if not sys.stderr.isatty():
+        for name in ("transformers", "diffusers"):
+            with contextlib.suppress(ImportError):
+                library_logging = importlib.import_module(f"{name}.utils.logging")
+                if library_logging.is_progress_bar_enabled():
+                    library_logging.disable_progress_bar()
+                    bars_turned_off.append(library_logging)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -107,3 +117,5 @@ def quiet_hub_warnings(loggers: tuple[str, ...] = ("huggingface_hub", "diffusers
     finally:
         for name, level in previous.items():
             logging.getLogger(name).setLevel(level)
+        for library_logging in bars_turned_off:
+            library_logging.enable_progress_bar()

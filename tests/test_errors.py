@@ -1,5 +1,5 @@
 """The one-line error that a stage's output ends in, as the batch runner and video_to_4d quote it."""
-from stag4d.errors import MAX_ERROR_CHARS, file_tail, last_error_message
+from stag4d.errors import MAX_ERROR_CHARS, file_tail, last_error_message, quiet_hub_warnings
 
 
 def test_the_last_error_line_wins_without_its_prefix():
@@ -23,3 +23,13 @@ def test_file_tail_reads_the_end_and_an_absent_file_is_empty(tmp_path):
     log.write_text("a" * 100 + "\nerror: the end\n")
     assert file_tail(str(log), size=16) == "\nerror: the end\n"
     assert file_tail(str(tmp_path / "missing.log")) == ""
+
+
+def test_library_progress_bars_are_off_during_a_load_into_a_log_and_back_after(capsys):
+    """capsys: stderr is not a terminal, as in a log file."""
+    from transformers.utils import logging as transformers_logging
+
+    assert transformers_logging.is_progress_bar_enabled()
+    with quiet_hub_warnings():
+        assert not transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled()

@@ -290,7 +290,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             anchor = TemporalAnchor("record", blend=args.anchor_blend,
                                     storage=anchor_storage(args.anchor_records, pipe, args, batch_size))
         tile = args.width // 2
-        with tqdm(total=len(run), desc="zero123++", unit="frame") as progress:
+        # a bar on a terminal; in a log (video_to_4d's gen_mv.log) one line a batch instead
+        interactive, done = sys.stderr.isatty(), 0
+        with tqdm(total=len(run), desc="zero123++", unit="frame", disable=not interactive) as progress:
             for group in batches(run, batch_size):
                 if anchor is not None:
                     anchor.set_mode("record" if group[0][0] == frames[0][0] else "replay")
@@ -308,6 +310,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            for (i, _), grid in zip(group, grids) if i in todo]
                 raise_failed(writes)
                 progress.update(len(group))
+                done += len(group)
+                if not interactive:
+                    print(f"zero123++: {done}/{len(run)} frames in {time.perf_counter() - loaded:.1f} s", flush=True)
         for future in writes:
             future.result()
     finally:
