@@ -362,10 +362,13 @@ class Trainer:
         # The SDS conditions on the anchors (the spatial anchor of STAG4D): missing ones are an error
         # unless reference-only SDS is asked for, as the released code cannot run without them.
         needs_anchors = cfg.loss.uses_anchor_images or (cfg.loss.lambda_zero123 > 0 and not cfg.loss.reference_only_sds)
+        start = time_module.perf_counter()
         self.data = load_frames(data_cfg.path, ref_size=data_cfg.ref_size, anchor_size=data_cfg.anchor_size,
                                 num_frames=data_cfg.num_frames, require_anchors=needs_anchors, device=self.device,
                                 num_anchor_views=len(camera.anchor_views), resample=data_cfg.resample)
         self.num_frames = self.data.num_frames
+        print(f"read {self.num_frames} frames{' and their anchors' if self.data.anchor_rgb is not None else ''} "
+              f"in {time_module.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         self._check_data_against_config()
         self.train_frames = [i for i in range(self.num_frames) if i not in set(data_cfg.holdout_frames)]
         self.train_views = [k for k in range(self._num_anchor_views()) if k not in set(data_cfg.holdout_views)]
@@ -379,8 +382,11 @@ class Trainer:
         if not data_cfg.wait_for:  # else started above, before the wait
             self._start_guidance()
         if self.guidance is not None and cfg.loss.lambda_zero123 > 0:
+            start = time_module.perf_counter()
             ref_rgb, anchor_rgb = self._training_images()
             self.guidance.prepare(ref_rgb, anchor_rgb)
+            print(f"the guidance's embeddings of the images in {time_module.perf_counter() - start:.1f} s",
+                  file=sys.stderr, flush=True)
 
         self.model = GaussianModel4D.create(cfg.model, cfg.deformation, seed=train.seed, device=self.device)
         if train.compile_deformation and self.device.type == "cuda":
@@ -770,7 +776,8 @@ class Trainer:
             return
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        interval_start = time_module.perf_counter()
+        first_step, train_start = self.step, time_module.perf_counter()
+        interval_start = train_start
         bar = tqdm(total=end - self.step, desc=out.save_path, dynamic_ncols=True, disable=not sys.stderr.isatty())
         with self._stop_on_signals():
             try:
@@ -809,10 +816,15 @@ class Trainer:
                 raise
             finally:
                 bar.close()
+        steps_s, start = time_module.perf_counter() - train_start, time_module.perf_counter()
         if out.save_step and self.step % out.save_step == 0:
             self.writer.wait()
         else:
             self.save(self.step)
+        print(f"{out.save_path}: steps {first_step + 1} to {self.step} in {steps_s:.1f} s "
+              f"({1000 * steps_s / (self.step - first_step):.1f} ms/step with saves and validations), then "
+              f"{time_module.perf_counter() - start:.1f} s for the writes in flight and the last save",
+              file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def _signals_stop_start(self) -> Iterator[None]:
