@@ -178,7 +178,7 @@ def _recording(function, log):
     return wrapper
 
 
-def test_sds_path_with_stub_guidance(tmp_path):
+def test_sds_path_with_stub_guidance(tmp_path, capsys):
     stub = StubGuidance()
     cfg = tiny_config(tmp_path, config="stag4d.yaml",
                       extra=["lambda_ref_rgb=0", "lambda_ref_alpha=0", "lambda_tv=0", "lambda_anisotropy=0",
@@ -186,6 +186,7 @@ def test_sds_path_with_stub_guidance(tmp_path):
                              "batch_size=4", "init_steps=0"])
     trainer = Trainer(cfg, guidance=stub)
     assert stub.prepared is not None
+    assert re.search(r"embedded the reference and anchor images for the guidance in [0-9.]+ s", capsys.readouterr().err)
     assert stub.prepared[0].shape == (4, 3, 32, 32) and stub.prepared[1].shape == (4, 6, 3, 32, 32)
 
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

@@ -385,8 +385,8 @@ class Trainer:
             start = time_module.perf_counter()
             ref_rgb, anchor_rgb = self._training_images()
             self.guidance.prepare(ref_rgb, anchor_rgb)
-            print(f"the guidance's embeddings of the images in {time_module.perf_counter() - start:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(f"embedded the reference and anchor images for the guidance in "
+                  f"{time_module.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
         self.model = GaussianModel4D.create(cfg.model, cfg.deformation, seed=train.seed, device=self.device)
         if train.compile_deformation and self.device.type == "cuda":
