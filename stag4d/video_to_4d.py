@@ -151,8 +151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if created and not os.listdir(dataset):
                     os.rmdir(dataset)
                 raise
-            for path in earlier:  # this run's frames replaced theirs
-                os.remove(path + SET_ASIDE)
+            for path in (record, prepared, log):  # this run's frames replaced theirs (and an interrupted run's)
+                if os.path.exists(path + SET_ASIDE):
+                    os.remove(path + SET_ASIDE)
             write_text(prepared, json.dumps(dict(input=args.input, prepare_args=args.prepare_args,
                                                  wall_s=round(walls["prepare_video"], 2)), indent=2) + "\n")
         code = generator.wait()

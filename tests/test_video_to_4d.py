@@ -120,9 +120,12 @@ def pipeline_command(tmp_path, tiny_model, *extra, gen_mv_args=""):  # noqa: F81
 
 @pytest.mark.slow
 def test_pipeline_runs_gen_mv_beside_main_and_trains_on_its_views(tmp_path, tiny_model):  # noqa: F811
+    dataset = tmp_path / "datasets" / "toy"
+    dataset.mkdir(parents=True)
+    (dataset / "gen_mv.json.earlier").write_text("{}")  # left by an interrupted run: gone after a success
     result = subprocess.run(pipeline_command(tmp_path, tiny_model), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    dataset = tmp_path / "datasets" / "toy"
+    assert not list(dataset.glob("*.earlier"))
     assert sorted(os.listdir(dataset / "zero123")) == ["0_rgba", "1_rgba", "2_rgba"]
     gen_mv_log = (dataset / "gen_mv.log").read_text()
     assert (dataset / "gen_mv.json").exists() and "wrote the views of 3 frames" in gen_mv_log
