@@ -33,7 +33,8 @@ if [ "${OVERLAP:-0}" = 1 ]; then
     zero123_model="$Z123XL" outdir="$OUT/logs" valid_interval=0 overwrite=true "$@" > "$OUT/video_to_4d.log" 2>&1 \
     || { echo "error: video_to_4d failed, see $OUT/video_to_4d.log: $(tail -1 "$OUT/video_to_4d.log")"; exit 1; }
   echo "process wall: $(python3 -c "print(round($(now) - $start, 1))") s"
-  grep -E "^\||guidance ready|reading the data" "$OUT/video_to_4d.log"
+  # main.py's start-up and where its time went after gen_mv's record (data, embeddings, steps, last writes)
+  grep -E "^\||guidance ready|reading the data|^read [0-9]+ frames|^embedded|: steps [0-9]+ to" "$OUT/video_to_4d.log"
   grep -h "loaded Zero123++\|generated in\|peak GPU" "$OUT/datasets/$NAME/gen_mv.log" || true
   cp "$OUT/video_to_4d.log" "$OUT/main.log"  # main.py's step lines, as in the sequential mode
   exit 0
@@ -49,6 +50,7 @@ echo "| prepare_video s | gen_mv s | main.py s | total s |"
 echo "|---|---|---|---|"
 echo "| ${WALL[prepare_video]} | ${WALL[gen_mv]} | ${WALL[main]} | **$total** |"
 grep -h "loaded Zero123++\|generated in\|peak GPU" "$OUT/gen_mv.log" || true
+grep -hE "guidance ready|^read [0-9]+ frames|^embedded|: steps [0-9]+ to" "$OUT/main.log" || true
 # main.py's first logged interval holds torch.compile of the guidance: seconds from inductor's
 # on-disk cache, a minute or more on a new machine (a one-time build, which the issue excludes)
 python3 - "$OUT/main.log" "${WALL[main]}" <<'PY'
