@@ -16,7 +16,8 @@ The three stages start together; each loads what it can before its input exists,
    loads and compiles the Zero123 guidance (about 40 s on an H200), waits for gen_mv's record,
    and trains.
 
-The records of an earlier run are deleted first. ``--sequential`` runs the stages one after the
+The records of an earlier run (and its gen_mv log) are set aside first and put back if
+prepare_video fails, deleted once it succeeds. ``--sequential`` runs the stages one after the
 other instead (one GPU too small for both models: gen_mv at batch 8 takes about 15 GiB, main.py
 about 5 GiB).
 
