@@ -13,6 +13,9 @@ The trainer is ``trainer.Trainer`` with ``configs/stag4d.yaml``, on a real datas
         --variant "defaults:"
     # where the device time goes (kernels; ops with their shapes) and the host syncs of a step
     python benchmarks/bench_train_step.py --path ../shared/data/minions --trace 5 --trace-ops 3 --syncs 3
+    # where the GPU idles in a pipelined step, by the phase that launched the kernel after each gap
+    # (also writes the chrome trace: OUTDIR/timeline_SETTING.json.gz; benchmarks/timeline.py reads it)
+    python benchmarks/bench_train_step.py --path ../shared/data/minions --timeline 5
     # the whole default schedule (8000 steps with resolution schedule and densification), wall time
     python benchmarks/bench_train_step.py --path ../shared/data/minions --full
 
@@ -31,6 +34,7 @@ import statistics
 import time
 
 import torch
+from timeline import idle_report, load_trace
 from timing import PhaseTimer, percentile, time_calls
 
 from guidance.random_model import build_random_components
@@ -71,6 +75,38 @@ def phase_breakdown(trainer, steps: int) -> dict[str, float]:
         timer.unwrap()
     # the guidance runs inside compute_losses: its phases are part of that one, not beside it
     return timer.per_step(nested=tuple(GUIDANCE_PHASES.values()))
+
+
+def timeline(trainer, steps: int, path: str, rows: int) -> str:
+    """Profile ``steps`` pipelined steps (no syncs added: each phase only labelled, with
+    ``record_function``), write the chrome trace to ``path`` and report where the GPU idles
+    (:func:`timeline.idle_report`)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    labelled = []
+    for obj, phases in ((trainer, TRAINER_PHASES), (trainer.guidance, GUIDANCE_PHASES)):
+        if obj is None:
+            continue
+        for method, label in phases.items():
+            original = getattr(obj, method)
+
+            def labelled_call(*args, _original=original, _label=label.strip(), **kwargs):
+                with record_function(_label):
+                    return _original(*args, **kwargs)
+
+            setattr(obj, method, labelled_call)
+            labelled.append((obj, method))
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                trainer.train_step()
+            torch.cuda.synchronize()
+    finally:
+        for obj, method in labelled:
+            delattr(obj, method)
+    prof.export_chrome_trace(path)
+    labels = [label.strip() for label in (*TRAINER_PHASES.values(), *GUIDANCE_PHASES.values())]
+    return f"trace {path}\n" + idle_report(load_trace(path), steps, labels, rows)
 
 
 def kernel_table(trainer, steps: int, rows: int, cuda: bool) -> str:
@@ -252,6 +288,8 @@ def main() -> None:
     parser.add_argument("--trace-rows", type=int, default=25)
     parser.add_argument("--trace-ops", type=int, default=0,
                         help="also list the ops (with shapes and calling lines) taking the most device time over this many steps")
+    parser.add_argument("--timeline", type=int, default=0,
+                        help="CUDA: also profile this many pipelined steps and say where the GPU idles, by phase")
     parser.add_argument("--syncs", type=int, default=0,
                         help="CUDA: also count host syncs per step over this many steps, by the line causing them")
     parser.add_argument("--full", action="store_true", help="run the whole default schedule and print wall time")
@@ -295,6 +333,9 @@ def main() -> None:
             print(f"[{label}] " + kernel_table(trainer, args.trace, args.trace_rows, cuda), flush=True)
         if args.trace_ops:
             print(f"[{label}] " + op_table(trainer, args.trace_ops, args.trace_rows, cuda), flush=True)
+        if args.timeline and cuda:
+            path = f"{args.outdir}/timeline_{label.replace(' ', '_')}.json.gz"
+            print(f"[{label}] " + timeline(trainer, args.timeline, path, args.trace_rows), flush=True)
         if args.syncs and cuda:
             print(f"[{label}] " + sync_table(trainer, args.syncs, args.trace_rows), flush=True)
         rows.append((label, extra, statistics.median(times), percentile(times, 0.1), percentile(times, 0.9), peak,
