@@ -115,6 +115,43 @@ def test_a_non_finite_loss_stops_without_saving(tmp_path, monkeypatch):
     trainer.close()
 
 
+@pytest.mark.parametrize("group", ["grid", "scaling"])
+def test_the_guard_names_the_group_whose_gradient_or_parameter_is_not_finite(tmp_path, monkeypatch, group):
+    """NonFiniteGuard's per-group flags (one norm over every group, summed per group): a NaN in ONE
+    tensor of one group's gradients, then in one group's parameters after the update, is reported
+    under that group's name and no other's (the losses stay finite)."""
+    trainer = Trainer(tiny_config(tmp_path, extra=["export_frames=false", "init_steps=0"]))
+    trainer.train_step()
+    target = next(g for g in trainer.optimizer.param_groups if g["name"] == group)["params"][-1]
+    original_backward = trainer.backward
+
+    def poisoned_gradient(total):
+        original_backward(total)
+        target.grad.view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(trainer, "backward", poisoned_gradient)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train_step()
+    assert f"step 2: the gradients of the '{group}' parameters not finite" in str(info.value), str(info.value)
+    assert "after the Adam step" not in str(info.value) and "loss" not in str(info.value).split(";")[0]
+    monkeypatch.setattr(trainer, "backward", original_backward)
+    trainer.optimizer.zero_grad(set_to_none=True)  # the stopped step left its gradients (no update ran)
+    trainer.guard.reset()
+    original_optimizer_step = trainer.optimizer_step
+
+    def poisoned_parameter():
+        original_optimizer_step()
+        with torch.no_grad():
+            target.view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(trainer, "optimizer_step", poisoned_parameter)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train_step()
+    message = str(info.value)  # (the step number after a stopped step is not what this test is about)
+    assert f": the '{group}' parameters after the Adam step not finite" in message and "gradients" not in message
+    trainer.close()
+
+
 @pytest.mark.parametrize("override", ["lambda_ref_rgb=1e38", "opacity_lr=1e30"])
 def test_exploding_settings_exit_in_one_line(tmp_path, override):
     data = make_disc_dataset(tmp_path / "disc")

@@ -1069,6 +1069,7 @@ class NonFiniteGuard:
 
     def __init__(self, trainer: "Trainer"):
         self.trainer = trainer
+        self._owner_index: dict[tuple[int, ...], torch.Tensor] = {}  # see _group_norms
         self.reset()
 
     def reset(self) -> None:
@@ -1083,14 +1084,27 @@ class NonFiniteGuard:
         optimizer = self.trainer.optimizer
         return bool(optimizer.defaults.get("fused")) and self.trainer.device.type == "cuda"
 
-    def _group_values(self, tensors: str) -> list[torch.Tensor]:
-        values = []
-        for group in self.trainer.optimizer.param_groups:
-            items = [p.grad if tensors == "grad" else p.detach() for p in group["params"]]
-            items = [t for t in items if t is not None and t.numel()]
-            values.append(torch.stack(torch._foreach_norm(items)).sum() if items
-                          else torch.zeros((), device=self.trainer.device))
-        return values
+    def _group_norms(self, tensors: str) -> torch.Tensor:
+        """[G] float32: per parameter group, the sum of its gradients' (``"grad"``) or parameters'
+        (``"param"``) L2 norms; not finite iff one of its values is not finite (or the sum overflows).
+        One ``_foreach_norm`` over every group and one ``index_add_``: a few launches a step instead
+        of a few per group, since the step's host time is GPU idle time here (the step is launch-bound)."""
+        groups = self.trainer.optimizer.param_groups
+        items, owners = [], []
+        for g, group in enumerate(groups):
+            for p in group["params"]:
+                t = p.grad if tensors == "grad" else p.detach()
+                if t is not None and t.numel():
+                    items.append(t)
+                    owners.append(g)
+        sums = torch.zeros(len(groups), device=self.trainer.device)
+        if items:
+            key = tuple(owners)
+            index = self._owner_index.get(key)
+            if index is None:  # a host-to-device copy, once per layout of the groups
+                index = self._owner_index[key] = torch.tensor(owners, device=self.trainer.device)
+            sums.index_add_(0, index, torch.stack(torch._foreach_norm(items)).float())
+        return sums
 
     def names(self) -> list[str]:
         groups = [g.get("name", str(i)) for i, g in enumerate(self.trainer.optimizer.param_groups)]
@@ -1102,7 +1116,7 @@ class NonFiniteGuard:
     def before_update(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
         zero = torch.zeros((), device=self.trainer.device)
         values = [losses[k].detach().float() if k in losses else zero for k in LOSS_KEYS] + [total.detach().float()]
-        self.pending = ~torch.isfinite(torch.stack(values + [v.float() for v in self._group_values("grad")]))
+        self.pending = ~torch.isfinite(torch.cat([torch.stack(values), self._group_norms("grad")]))
         if self._fused:  # skip this step's update on the device when anything is not finite
             self.trainer.optimizer.found_inf = self.pending.any().float()
         else:  # stop before the update touches the parameters
@@ -1112,7 +1126,7 @@ class NonFiniteGuard:
 
     @torch.no_grad()
     def after_update(self) -> None:
-        params = ~torch.isfinite(torch.stack([v.float() for v in self._group_values("param")]))
+        params = ~torch.isfinite(self._group_norms("param"))
         self._record(torch.cat([self.pending if self._fused else torch.zeros_like(self.pending), params]))
         self.since_check += 1
         if not self._fused:
