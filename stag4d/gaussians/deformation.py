@@ -170,7 +170,9 @@ class HexPlaneField(nn.Module):
 
     def spatial_features(self, coords: Tensor) -> list[Tensor]:
         """Per scale, the product of the three spatial planes [N, C] at grid coordinates [N, 3]."""
-        pairs = torch.stack([coords[:, list(ab)] for ab in _SPATIAL_AXES])  # [3, N, 2]
+        # column slices, not list indices: a list index is copied to the device from pageable
+        # memory, which waits for the device queue to drain (a host sync)
+        pairs = torch.stack([coords[:, a : b + 1 : b - a] for a, b in _SPATIAL_AXES])  # [3, N, 2]
         out = []
         for planes in self.spatial_planes:
             samples = sample_planes(planes, pairs, self.cfg.align_corners)  # [3, C, N]
