@@ -176,7 +176,8 @@ class HexPlaneField(nn.Module):
         out = []
         for planes in self.spatial_planes:
             samples = sample_planes(planes, pairs, self.cfg.align_corners)  # [3, C, N]
-            out.append((samples[0] * samples[1] * samples[2]).transpose(0, 1))
+            first, second, third = samples.unbind(0)  # see temporal_features
+            out.append((first * second * third).transpose(0, 1))
         return out
 
     def temporal_features(self, coords: Tensor, time_coords: Tensor) -> list[Tensor]:
@@ -194,7 +195,10 @@ class HexPlaneField(nn.Module):
         out = []
         for planes in self.time_planes:
             samples = sample_planes(planes, pairs, self.cfg.align_corners)  # [3, C, B*N]
-            prod = samples[0] * samples[1] * samples[2]  # [C, B*N]
+            # unbind, not three selects: its backward stacks the three gradients in one kernel,
+            # where each select's backward fills a zero [3, C, M] tensor and they are then added
+            first, second, third = samples.unbind(0)
+            prod = first * second * third  # [C, B*N]
             out.append(prod.view(-1, b, n).permute(1, 2, 0))
         return out
 
