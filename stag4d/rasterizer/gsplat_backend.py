@@ -171,10 +171,11 @@ def _rasterize(means, quats, scales, opacities, colors, sh_degree, viewmats, Ks,
     render_alphas = render_alphas.reshape(num_images, height, width, 1)
     radii = radii.reshape(num_images, -1, 2).amax(dim=-1)  # int32
     means2d = _split_means2d(means2d, num_images)
+    visible = radii > 0  # one launch for every image (the renderer is host-bound)
     return [
         RenderOutput(image=render_colors[i, ..., :3].permute(2, 0, 1), alpha=render_alphas[i].permute(2, 0, 1),
                      depth=render_colors[i, ..., 3:4].permute(2, 0, 1), radii=radii[i], means2d=means2d[i],
-                     visible=radii[i] > 0)
+                     visible=visible[i])
         for i in range(num_images)
     ]
 
