@@ -10,7 +10,7 @@
 #   .data/       the minions sample (../shared/data/minions: never committed)
 #   .released/   the released code at the pinned commit (tests/released_harness.py)
 #   .diff_gauss/ the diff_gauss source with glm in third_party/glm
-# Then each call carries what it needs and starts with `bash benchmarks/device/setup.sh`.
+# Then each call carries what it needs and starts with `source benchmarks/device/setup.sh`.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 rm -rf .whl && mkdir -p .whl
