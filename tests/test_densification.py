@@ -88,6 +88,23 @@ def test_accumulate_statistics():
     assert state["count"].shape == (3,) and torch.equal(state["count"], torch.ones(3))
 
 
+def test_accumulate_scales_each_axis_by_its_own_image_size():
+    """d(pixel)/d(ndc) = size / 2 per axis: a wide image (200 x 100) scales x by 100 and y by 50;
+    a square one (the common case, one multiply for both axes) gives the same as two columns."""
+    strategy = DensifyStrategy(**CFG)
+    grad = torch.tensor([[0.01, 0.0], [0.0, 0.01], [0.003, 0.004]])
+    visible = torch.ones(3, dtype=torch.bool)
+    wide = fake_output(grad, 100, visible, [1, 1, 1])
+    wide.image = torch.zeros(3, 100, 200)  # height 100, width 200
+    state = strategy.initialize_state()
+    strategy.accumulate(state, [wide], step=1200)
+    assert torch.allclose(state["grad_sum"], torch.tensor([1.0, 0.5, (0.3 ** 2 + 0.2 ** 2) ** 0.5]), atol=1e-6)
+    state = strategy.initialize_state()
+    strategy.accumulate(state, [fake_output(grad, 100, visible, [1, 1, 1])], step=1200)
+    columns = torch.stack([grad[:, 0] * 50.0, grad[:, 1] * 50.0], dim=-1).norm(dim=-1)
+    assert torch.equal(state["grad_sum"], columns)
+
+
 def test_relative_threshold_and_schedule():
     grads = torch.tensor([0.0, 5.0, 1.0, 3.0, 2.0, 4.0])
     assert relative_grad_threshold(grads, 2.5) == 5.0  # index int(0.125) = 0 among 5 positives

@@ -178,8 +178,11 @@ class DensifyStrategy:
             height, width = out.image.shape[-2:]
             if out.means2d.grad is not None:
                 pixel_grad = out.means2d.grad.reshape(num, 2).float()
-                grad[:, 0] += pixel_grad[:, 0] * (width / 2.0)  # d(pixel)/d(ndc) = size / 2
-                grad[:, 1] += pixel_grad[:, 1] * (height / 2.0)
+                if width == height:  # the same arithmetic in two launches instead of four
+                    grad += pixel_grad * (width / 2.0)  # d(pixel)/d(ndc) = size / 2
+                else:
+                    grad[:, 0] += pixel_grad[:, 0] * (width / 2.0)
+                    grad[:, 1] += pixel_grad[:, 1] * (height / 2.0)
             visible |= out.visible.reshape(num).bool()
             radii = torch.maximum(radii, out.radii.reshape(num).float())
         self._ensure(state, num, device)
