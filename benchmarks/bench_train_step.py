@@ -78,35 +78,25 @@ def phase_breakdown(trainer, steps: int) -> dict[str, float]:
 
 
 def timeline(trainer, steps: int, path: str, rows: int) -> str:
-    """Profile ``steps`` pipelined steps (no syncs added: each phase only labelled, with
-    ``record_function``), write the chrome trace to ``path`` and report where the GPU idles
+    """Profile ``steps`` pipelined steps (no syncs added: :class:`timing.PhaseTimer` only labels the
+    phases), write the chrome trace to ``path`` and report where the GPU idles
     (:func:`timeline.idle_report`)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, profile
 
-    labelled = []
-    for obj, phases in ((trainer, TRAINER_PHASES), (trainer.guidance, GUIDANCE_PHASES)):
-        if obj is None:
-            continue
-        for method, label in phases.items():
-            original = getattr(obj, method)
-
-            def labelled_call(*args, _original=original, _label=label.strip(), **kwargs):
-                with record_function(_label):
-                    return _original(*args, **kwargs)
-
-            setattr(obj, method, labelled_call)
-            labelled.append((obj, method))
+    labels = PhaseTimer(trainer.device, synchronize=False)
+    labels.wrap(trainer, TRAINER_PHASES)
+    if trainer.guidance is not None:
+        labels.wrap(trainer.guidance, GUIDANCE_PHASES)
     try:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
                 trainer.train_step()
             torch.cuda.synchronize()
     finally:
-        for obj, method in labelled:
-            delattr(obj, method)
+        labels.unwrap()
     prof.export_chrome_trace(path)
-    labels = [label.strip() for label in (*TRAINER_PHASES.values(), *GUIDANCE_PHASES.values())]
-    return f"trace {path}\n" + idle_report(load_trace(path), steps, labels, rows)
+    return f"trace {path}\n" + idle_report(load_trace(path), steps, [*TRAINER_PHASES.values(),
+                                                                       *GUIDANCE_PHASES.values()], rows)
 
 
 def kernel_table(trainer, steps: int, rows: int, cuda: bool) -> str:

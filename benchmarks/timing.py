@@ -52,18 +52,19 @@ class PhaseTimer:
     (backward included: autograd's kernels run on another thread, which profiler labels miss).
     Only for measurement: the synchronizations remove the host/device overlap of a normal step, so
     the phases sum to more than the pipelined step time. ``other`` is the synchronized step time
-    outside every phase (loss arithmetic, sampling, stacking).
+    outside every phase (loss arithmetic, sampling, stacking). ``synchronize=False``: the phases
+    only labelled (``record_function``) for a profile of the pipelined step, their totals host time.
     """
 
-    def __init__(self, device: torch.device | str):
-        self.cuda = torch.device(device).type == "cuda"
+    def __init__(self, device: torch.device | str, synchronize: bool = True):
+        self.synchronize = torch.device(device).type == "cuda" and synchronize
         self.totals: dict[str, float] = defaultdict(float)
         self.step_total = 0.0
         self.steps = 0
         self.wrapped: list[tuple[Any, str]] = []
 
     def _sync(self) -> None:
-        if self.cuda:
+        if self.synchronize:
             torch.cuda.synchronize()
 
     @contextlib.contextmanager
