@@ -31,7 +31,7 @@ from stag4d.files import host_copy, torch_save
 from stag4d.gaussians import knn
 from stag4d.gaussians.deformation import DeformationConfig, DeformationField
 from stag4d.gaussians.ply import GaussianArrays, read_gaussian_ply, write_gaussian_ply
-from stag4d.rasterizer.types import GaussianParams
+from stag4d.rasterizer.types import GaussianBatch, GaussianParams
 from stag4d.settings import setting
 
 MODEL_PLY = "model.ply"
@@ -190,16 +190,17 @@ class GaussianModel4D(nn.Module):
 
     def gaussians_at_times(self, times: Tensor | Sequence[float], scale_modifier: float = 1.0) -> list[GaussianParams]:
         """Deformed Gaussians at each of B times [B], with one deformation (MLP) call for all."""
+        return list(self.gaussian_batch_at_times(times, scale_modifier))
+
+    def gaussian_batch_at_times(self, times: Tensor | Sequence[float], scale_modifier: float = 1.0) -> GaussianBatch:
+        """The same as :meth:`gaussians_at_times`, kept batched ([B, N, ...] tensors): what the
+        training step renders (the gsplat backend takes the batch without stacking it again)."""
         times = torch.as_tensor(times, dtype=torch.float32, device=self.device).reshape(-1)
         out = self.deformation(self.means, self.log_scales, self.quats, self.opacity_logits, times)
-        sh = self.sh
-        quats = torch.nn.functional.normalize(out.quats, dim=-1)
-        result = []
-        for b in range(times.shape[0]):
-            opacity = out.opacity_logits[b] if out.opacity_logits is not None else self.opacity_logits
-            result.append(GaussianParams(means=out.means[b], log_scales=self._modified(out.log_scales[b], scale_modifier),
-                                         quats=quats[b], opacity_logits=opacity, sh=sh))
-        return result
+        return GaussianBatch(means=out.means, log_scales=self._modified(out.log_scales, scale_modifier),
+                             quats=torch.nn.functional.normalize(out.quats, dim=-1),
+                             opacity_logits=out.opacity_logits if out.opacity_logits is not None else self.opacity_logits,
+                             sh=self.sh)
 
     @staticmethod
     def _modified(log_scales: Tensor, scale_modifier: float) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from cam_utils import Camera, project_points
 from stag4d.errors import UserError
-from stag4d.rasterizer import GaussianParams, ndc_grad_norm, render, resolve_backend
+from stag4d.rasterizer import GaussianBatch, GaussianParams, concat_sets, ndc_grad_norm, render, resolve_backend
 from stag4d.rasterizer.render import render_batch
 from stag4d.rasterizer.sh import SH_C0
 from stag4d.rasterizer.torch_backend import (
@@ -393,6 +393,58 @@ def test_render_batch_torch_equals_separate_renders():
     for g, c, bg, out in zip(gaussians, cameras, backgrounds, batch):
         single = render(g, c, bg, backend="torch")
         assert torch.equal(out.image, single.image) and torch.equal(out.radii, single.radii)
+
+
+def _three_sets(sh_degree: int | None = 1) -> GaussianBatch:
+    """A GaussianBatch of 3 sets of 30 Gaussians sharing opacity and colour, as the deformation makes."""
+    scenes = [random_scene(30, seed=s, sh_degree=sh_degree, dtype=torch.float32) for s in range(3)]
+    return GaussianBatch(means=torch.stack([g.means for g in scenes]), log_scales=torch.stack([g.log_scales for g in scenes]),
+                         quats=torch.stack([g.quats for g in scenes]), opacity_logits=scenes[0].opacity_logits,
+                         sh=scenes[0].sh, colors=scenes[0].colors)
+
+
+def test_gaussian_batch_is_the_sequence_of_its_sets():
+    batch = _three_sets()
+    assert len(batch) == 3 and batch.sets == 3 and batch.num == 30 and batch.sh_degree == 1
+    for b, g in enumerate(batch):
+        assert torch.equal(g.means, batch.means[b]) and torch.equal(g.quats, batch.quats[b])
+        assert g.opacity_logits is batch.opacity_logits and g.sh is batch.sh  # shared, not copied
+    assert torch.equal(batch[-1].log_scales, batch.log_scales[2])
+    with pytest.raises(IndexError):
+        batch[3]
+    tail = batch[1:]
+    assert isinstance(tail, GaussianBatch) and len(tail) == 2 and torch.equal(tail[0].means, batch.means[1])
+    twice = batch.repeated(2)  # item i is set i % 3, without a copy
+    assert len(twice) == 6 and twice.means is batch.means
+    assert [torch.equal(twice[i].means, batch.means[i % 3]) for i in range(6)] == [True] * 6
+    assert [len(s) for s in (twice[4:], twice[:2])] == [2, 2]  # a repeated batch slices into a list
+    assert concat_sets(batch, batch).repeats == 2
+    assert isinstance(concat_sets(batch, tail), list) and len(concat_sets(batch, tail)) == 5
+    per_set_opacity = GaussianBatch(batch.means, batch.log_scales, batch.quats, torch.zeros(3, 30), sh=batch.sh)
+    assert per_set_opacity[2].opacity_logits.shape == (30,)
+
+
+@pytest.mark.parametrize("field,shape", [("log_scales", (3, 30, 2)), ("quats", (2, 30, 4)),
+                                         ("opacity_logits", (30, 3)), ("means", (30, 3))])
+def test_gaussian_batch_names_a_wrong_shape(field, shape):
+    batch = _three_sets(sh_degree=None)
+    values = dict(means=batch.means, log_scales=batch.log_scales, quats=batch.quats,
+                  opacity_logits=batch.opacity_logits, colors=batch.colors)
+    values[field] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=field):
+        GaussianBatch(**values)
+
+
+def test_render_batch_of_a_gaussian_batch_equals_its_sets_rendered_one_by_one():
+    batch = _three_sets().repeated(2)
+    cameras = [Camera.orbit(-10.0 * i, 50.0 * i, 2.0, size=16) for i in range(6)]
+    backgrounds = torch.rand(6, 3, generator=torch.Generator().manual_seed(0))
+    outputs = render_batch(batch, cameras, backgrounds, backend="torch")
+    for i, out in enumerate(outputs):
+        single = render(batch[i % 3], cameras[i], backgrounds[i], backend="torch")
+        assert torch.equal(out.image, single.image) and torch.equal(out.radii, single.radii)
+    with pytest.raises(ValueError, match="render_batch needs"):
+        render_batch(batch, cameras[:5], backgrounds[:5], backend="torch")
 
 
 # ---------------------------------------------------------------- dispatch, inputs, imports

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cam_utils import Camera
-from stag4d.rasterizer import GaussianParams, ndc_grad_norm, render, resolve_backend
+from stag4d.rasterizer import GaussianBatch, GaussianParams, ndc_grad_norm, render, resolve_backend
 from stag4d.rasterizer.render import render_batch
 
 pytestmark = pytest.mark.cuda
@@ -117,6 +117,49 @@ def test_render_batch_equals_separate_renders(same_gaussians):
         torch.testing.assert_close(b.means2d.grad, s.means2d.grad, rtol=1e-4, atol=1e-6)
     for p, g in zip(params, batch_grads):
         torch.testing.assert_close(p["means"].grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sh_degree", [None, 0, 1])
+def test_gaussian_batch_equals_its_sets_stacked(sh_degree):
+    """The deformation's sets rendered as a GaussianBatch seen twice (reference and random views:
+    gsplat's batch x camera dimensions, no copies) against the same sets as a list (stacked per
+    set): images, screen-space gradients and the gradients of the batched and shared tensors."""
+    sets = 3
+    scenes = [ball_scene(5000, s, sh_degree) for s in range(sets)]
+    colour = "colors" if sh_degree is None else "sh"
+    leaves = {k: torch.stack([p[k] for p in scenes]).detach().requires_grad_(True)
+              for k in ("means", "log_scales", "quats")}
+    leaves["opacity_logits"] = scenes[0]["opacity_logits"].detach().requires_grad_(True)
+    leaves[colour] = scenes[0][colour].detach().requires_grad_(True)
+    cameras = [Camera.orbit(-15.0 * i, 65.0 * i, 2.0, size=128, device="cuda") for i in range(2 * sets)]
+    backgrounds = torch.rand(2 * sets, 3, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    weights = torch.rand(2 * sets, 3, 128, 128, generator=gen, device="cuda")
+
+    def run(as_batch: bool):
+        batch = GaussianBatch(**leaves)
+        gaussians = batch.repeated(2) if as_batch else list(batch) + list(batch)
+        outs = render_batch(gaussians, cameras, backgrounds, backend="gsplat")
+        loss = sum((w * o.image).sum() + o.alpha.sum() + 0.1 * o.depth.sum() for w, o in zip(weights, outs))
+        loss.backward()
+        grads = {k: v.grad.clone() for k, v in leaves.items()}
+        for v in leaves.values():
+            v.grad = None
+        return outs, grads
+
+    batched, batched_grads = run(True)
+    stacked, stacked_grads = run(False)
+    for b, s in zip(batched, stacked):
+        torch.testing.assert_close(b.image, s.image, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.alpha, s.alpha, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.depth, s.depth, rtol=1e-5, atol=1e-5)
+        assert torch.equal(b.radii, s.radii) and torch.equal(b.visible, s.visible)
+        torch.testing.assert_close(b.means2d.grad, s.means2d.grad, rtol=1e-4, atol=1e-6)
+    for key in leaves:  # sums over the cameras and sets in another order: float rounding
+        assert relative_l2(batched_grads[key], stacked_grads[key]) < 1e-5, key
+    # output i is camera i's view of set i % 3
+    single = render(GaussianBatch(**leaves)[1], cameras[4], backgrounds[4], backend="gsplat")
+    torch.testing.assert_close(batched[4].image, single.image, rtol=1e-5, atol=1e-5)
 
 
 def test_render_batch_mixed_sizes_falls_back_to_separate_calls():

@@ -152,13 +152,13 @@ def test_train_step_returns_detached_losses_and_counts(tmp_path):
 def test_coarse_stage_uses_canonical_gaussians_and_the_middle_frame(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(tmp_path, extra=["init_steps=2"]))
     seen_times = []
-    original = trainer.model.gaussians_at_times
+    original = trainer.model.gaussian_batch_at_times
 
     def spy(times, *args, **kwargs):
-        seen_times.append(list(times))
+        seen_times.append(torch.as_tensor(times).tolist())
         return original(times, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.model, "gaussians_at_times", spy)
+    monkeypatch.setattr(trainer.model, "gaussian_batch_at_times", spy)
     frames = []
     monkeypatch.setattr(trainer, "sample_batch", _recording(trainer.sample_batch, frames))
     trainer.train_step()

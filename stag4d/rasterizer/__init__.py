@@ -15,7 +15,7 @@ Importing this package imports torch only (no diffusers, dearpygui or rembg).
 """
 from stag4d.rasterizer.render import (BACKENDS, BackendUnavailable, render, render_batch, resolve_backend,
                                      same_view_setup)
-from stag4d.rasterizer.types import GaussianParams, RenderOutput, ndc_grad_norm
+from stag4d.rasterizer.types import GaussianBatch, GaussianParams, RenderOutput, concat_sets, ndc_grad_norm
 
-__all__ = ["BACKENDS", "BackendUnavailable", "GaussianParams", "RenderOutput", "ndc_grad_norm", "render",
-           "render_batch", "resolve_backend", "same_view_setup"]
+__all__ = ["BACKENDS", "BackendUnavailable", "GaussianBatch", "GaussianParams", "RenderOutput", "concat_sets",
+           "ndc_grad_norm", "render", "render_batch", "resolve_backend", "same_view_setup"]

@@ -20,7 +20,7 @@ import torch
 
 from cam_utils import Camera, camera_centres
 from stag4d.rasterizer.sh import SH_C0
-from stag4d.rasterizer.types import GaussianParams, RenderOutput
+from stag4d.rasterizer.types import GaussianBatch, GaussianParams, RenderOutput
 
 TILE_SIZE = 16  # pixels per tile side, gsplat's default
 
@@ -189,6 +189,8 @@ def render_gsplat_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[C
         cameras: B cameras.
         backgrounds: [B, 3].
     """
+    if isinstance(gaussians, GaussianBatch) and same_view_setup(cameras):
+        return _render_sets(gaussians, cameras, backgrounds, scale_modifier)
     if not (same_view_setup(cameras) and _same_layout(gaussians)):
         return [out for g, c, bg in zip(gaussians, cameras, backgrounds)
                 for out in render_gsplat_batch([g], [c], bg.unsqueeze(0), scale_modifier)]
@@ -214,6 +216,26 @@ def render_gsplat_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[C
             backgrounds.unsqueeze(1), camera,
         )
     return out
+
+
+def _render_sets(gaussians: GaussianBatch, cameras: Sequence[Camera], backgrounds: torch.Tensor,
+                 scale_modifier: float) -> list[RenderOutput]:
+    """One gsplat call for a GaussianBatch: B sets, each seen by ``repeats`` cameras (gsplat's
+    batch and camera dimensions); camera i sees set i % B, outputs in the order of ``cameras``."""
+    sets, per_set = gaussians.sets, gaussians.repeats
+    device = gaussians.means.device
+    order = [c * sets + b for b in range(sets) for c in range(per_set)]  # gsplat's [B, C] order
+    viewmats = torch.stack([cameras[i].world_to_camera.to(device=device, dtype=torch.float32) for i in order])
+    Ks = _intrinsics([cameras[i] for i in order], device)
+    backgrounds = backgrounds.to(device=device, dtype=torch.float32).reshape(per_set, sets, 3).transpose(0, 1)
+    opacities = torch.sigmoid(gaussians.opacity_logits)
+    if opacities.dim() == 1:
+        opacities = opacities.expand(sets, -1)
+    colors, sh_degree = _colour_input(gaussians)  # shared by the sets: broadcast, not copied
+    out = _rasterize(gaussians.means, gaussians.quats, _scales(gaussians, scale_modifier), opacities, colors,
+                     sh_degree, viewmats.reshape(sets, per_set, 4, 4), Ks.reshape(sets, per_set, 3, 3), backgrounds,
+                     cameras[0])
+    return [out[b * per_set + c] for c in range(per_set) for b in range(sets)]
 
 
 def render_gsplat(gaussians: GaussianParams, camera: Camera, background: torch.Tensor,

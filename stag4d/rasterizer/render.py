@@ -12,7 +12,7 @@ from stag4d.errors import UserError
 from stag4d.rasterizer.diff_gauss_backend import diff_gauss_status, render_diff_gauss, render_diff_gauss_batch
 from stag4d.rasterizer.gsplat_backend import gsplat_status, render_gsplat, render_gsplat_batch, same_view_setup
 from stag4d.rasterizer.torch_backend import render_torch
-from stag4d.rasterizer.types import GaussianParams, RenderOutput
+from stag4d.rasterizer.types import GaussianBatch, GaussianParams, RenderOutput
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +110,26 @@ def render_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[Camera],
     """Render B views: ``gaussians[b]`` seen by ``cameras[b]`` over ``backgrounds[b]`` ([B, 3]).
 
     gsplat renders the batch in one call when all cameras share width, height, near and far and
-    all Gaussian sets share their count and colour layout; the torch backend loops.
+    all Gaussian sets share their count and colour layout; the torch backend loops. A
+    :class:`GaussianBatch` (the deformation's sets, possibly ``repeated``) reaches gsplat as it
+    is, without a per-set stack.
     """
     if not (len(gaussians) == len(cameras) == backgrounds.shape[0]) or len(cameras) == 0:
         raise ValueError(f"render_batch needs B >= 1 Gaussian sets, cameras and backgrounds [B, 3]; got "
                          f"{len(gaussians)}, {len(cameras)} and {tuple(backgrounds.shape)}")
-    for g, c, bg in zip(gaussians, cameras, backgrounds):
-        _check_inputs(g, c, bg)
-    choices = {_pick(backend, g) for g in gaussians}
+    if isinstance(gaussians, GaussianBatch):
+        first = gaussians[0]  # the sets share their shapes (GaussianBatch checks them)
+        for c, bg in zip(cameras, backgrounds):
+            _check_inputs(first, c, bg)
+        choice = _pick(backend, first)
+        if choice == "gsplat":
+            return render_gsplat_batch(gaussians, cameras, backgrounds, scale_modifier)
+        gaussians = list(gaussians)
+        choices = {choice}
+    else:
+        for g, c, bg in zip(gaussians, cameras, backgrounds):
+            _check_inputs(g, c, bg)
+        choices = {_pick(backend, g) for g in gaussians}
     if choices == {"gsplat"}:
         return render_gsplat_batch(gaussians, cameras, backgrounds, scale_modifier)
     if choices == {"diff_gauss"}:

@@ -1,7 +1,8 @@
 """Inputs and outputs of the rasterizer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 
@@ -45,6 +46,92 @@ class GaussianParams:
         if (degree + 1) ** 2 != k or not 0 <= degree <= 3:
             raise ValueError(f"sh has {k} coefficients per channel; expected 1, 4, 9 or 16")
         return degree
+
+
+@dataclass
+class GaussianBatch:
+    """B sets of the same N Gaussians (as the deformation field makes them for B times), as a
+    sequence of ``repeats * B`` :class:`GaussianParams`: item i is set ``i % B``.
+
+    It keeps the batched tensors, so the gsplat backend renders the sets without stacking them
+    again: one activation per attribute instead of one per set, no per-set select and stack in
+    backward, and a set that several cameras see (``repeated``) is projected for each camera
+    from the same tensor (gsplat's camera dimension) rather than copied.
+
+    Attributes:
+        means, log_scales: [B, N, 3]; quats: [B, N, 4].
+        opacity_logits: [N] (shared by the B sets) or [B, N].
+        sh: [N, K, 3] (shared) or None; colors: [N, 3] (shared) or None (exactly one of them).
+        repeats: how many times the sequence goes through the B sets.
+    """
+
+    means: torch.Tensor
+    log_scales: torch.Tensor
+    quats: torch.Tensor
+    opacity_logits: torch.Tensor
+    sh: torch.Tensor | None = None
+    colors: torch.Tensor | None = None
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.sh is None) == (self.colors is None):
+            raise ValueError("GaussianBatch needs exactly one of sh [N, K, 3] or colors [N, 3]")
+        if self.means.dim() != 3:
+            raise ValueError(f"GaussianBatch needs means [B, N, 3]; got {tuple(self.means.shape)}")
+        sets, n = self.means.shape[:2]
+        for name, tensor, last in (("log_scales", self.log_scales, 3), ("quats", self.quats, 4)):
+            if tuple(tensor.shape) != (sets, n, last):
+                raise ValueError(f"GaussianBatch.{name} has shape {tuple(tensor.shape)}, expected {(sets, n, last)}")
+        if tuple(self.opacity_logits.shape) not in ((n,), (sets, n)):
+            raise ValueError(f"GaussianBatch.opacity_logits has shape {tuple(self.opacity_logits.shape)}, "
+                             f"expected {(n,)} or {(sets, n)}")
+        if self.repeats < 1:
+            raise ValueError(f"GaussianBatch.repeats must be >= 1, got {self.repeats}")
+
+    @property
+    def sets(self) -> int:
+        """B, the number of distinct sets."""
+        return self.means.shape[0]
+
+    @property
+    def num(self) -> int:
+        return self.means.shape[1]
+
+    def __len__(self) -> int:
+        return self.repeats * self.sets
+
+    def __getitem__(self, index: int | slice) -> GaussianParams | GaussianBatch | list[GaussianParams]:
+        if isinstance(index, slice):
+            if self.repeats != 1:
+                return [self[i] for i in range(len(self))[index]]
+            opacity = self.opacity_logits[index] if self.opacity_logits.dim() == 2 else self.opacity_logits
+            return GaussianBatch(self.means[index], self.log_scales[index], self.quats[index], opacity,
+                                 sh=self.sh, colors=self.colors)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"set {index} of a GaussianBatch of {len(self)}")
+        b = index % self.sets
+        opacity = self.opacity_logits[b] if self.opacity_logits.dim() == 2 else self.opacity_logits
+        return GaussianParams(means=self.means[b], log_scales=self.log_scales[b], quats=self.quats[b],
+                              opacity_logits=opacity, sh=self.sh, colors=self.colors)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def repeated(self, times: int) -> GaussianBatch:
+        """The sequence gone through ``times`` times (no copy)."""
+        return replace(self, repeats=self.repeats * times)
+
+    @property
+    def sh_degree(self) -> int | None:
+        return self[0].sh_degree
+
+
+def concat_sets(first: Sequence[GaussianParams], second: Sequence[GaussianParams]) -> Sequence[GaussianParams]:
+    """``first`` then ``second`` as one sequence of sets; a GaussianBatch followed by itself stays
+    a batch (``repeated(2)``), so the renderer does not copy it."""
+    if first is second and isinstance(first, GaussianBatch):
+        return first.repeated(2)
+    return list(first) + list(second)
 
 
 @dataclass

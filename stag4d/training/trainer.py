@@ -51,7 +51,8 @@ from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, TrainingStopped, UserError
 from stag4d.files import BackgroundWriter, host_copy, save_image, torch_save, wait_for_file, write_text
 from stag4d.gaussians.ply import write_gaussian_ply
-from stag4d.rasterizer import BACKENDS, GaussianParams, RenderOutput, render, render_batch, same_view_setup
+from stag4d.rasterizer import (BACKENDS, GaussianParams, RenderOutput, concat_sets, render, render_batch,
+                              same_view_setup)
 from stag4d.settings import ConfigError, setting, to_container, to_yaml
 from stag4d.training import runs
 from stag4d.training.losses import anisotropy_loss, hexplane_regularizer, per_sample_mse
@@ -603,38 +604,39 @@ class Trainer:
             return -1, float(d_elevation), float(azimuth)  # a held-out anchor is never shown to the guidance
         return int(view), float(rel_elevation), float(rel_azimuth)
 
-    def deform(self, batch: Batch) -> list[GaussianParams]:
+    def deform(self, batch: Batch) -> Sequence[GaussianParams]:
         """The Gaussians of each sample: canonical in the coarse stage (no deformation), else
-        deformed to the sample's time (one deformation call for the batch). When the reference
-        renders have their own times (``time_jitter_reference=false``, or a
-        ``time_jitter_reference_fraction`` below 1) the list has 2B entries: the samples' times,
-        then the reference times."""
+        deformed to the sample's time (one deformation call for the batch, kept as a
+        :class:`GaussianBatch`). When the reference renders have their own times
+        (``time_jitter_reference=false``, or a ``time_jitter_reference_fraction`` below 1) the
+        sequence has 2B entries: the samples' times, then the reference times. The times reach the
+        device in a pinned, non-blocking copy (a pageable one would wait for the device queue)."""
         if batch.coarse:
             return [self.model.gaussians_at(None)] * len(batch.frames)
-        if self._separate_ref_times(batch):
-            return self.model.gaussians_at_times(batch.times + batch.ref_times)
-        return self.model.gaussians_at_times(batch.times)
+        times = batch.times + batch.ref_times if self._separate_ref_times(batch) else batch.times
+        return self.model.gaussian_batch_at_times(self._host_to_device(times, torch.float32))
 
     def _separate_ref_times(self, batch: Batch) -> bool:
         return not batch.coarse and self.cfg.loss.uses_reference and batch.ref_times != batch.times
 
-    def render_views(self, gaussians: list[GaussianParams], batch: Batch) -> Renders:
+    def render_views(self, gaussians: Sequence[GaussianParams], batch: Batch) -> Renders:
         """Reference views (white), random views (their backgrounds) and anchor views (white)."""
         reference: list[RenderOutput] = []
         random: list[RenderOutput] = []
         anchors: list[RenderOutput] = []
         b = len(batch.frames)
-        ref_gaussians = gaussians[b:] if self._separate_ref_times(batch) else gaussians
+        separate = self._separate_ref_times(batch)
+        ref_gaussians = gaussians[b:] if separate else gaussians
         ref_cameras = ([self.ref_camera.with_time(t) for t in (batch.ref_times or batch.times)]
                        if self.cfg.loss.uses_reference else [])
         ref_backgrounds = self._white.expand(len(ref_cameras), 3)
-        gaussians = gaussians[:b]
+        gaussians = gaussians[:b] if separate else gaussians
         views = batch.random_views or []
         random_cameras = [v.camera for v in views]
         random_backgrounds = torch.stack([v.background for v in views]) if views else None
         if self.cfg.train.merge_renders and ref_cameras and views and same_view_setup(ref_cameras + random_cameras):
             # one call for both kinds: rasterizing B + B images at once gives each image what two calls give it
-            both = render_batch(list(ref_gaussians) + list(gaussians), ref_cameras + random_cameras,
+            both = render_batch(concat_sets(ref_gaussians, gaussians), ref_cameras + random_cameras,
                                 torch.cat([ref_backgrounds, random_backgrounds]), backend=self.backend)
             reference, random = both[:len(ref_cameras)], both[len(ref_cameras):]
         else:
@@ -648,7 +650,7 @@ class Trainer:
                                    self._white.expand(len(cameras), 3), backend=self.backend)
         return Renders(reference, random, anchors)
 
-    def compute_losses(self, batch: Batch, gaussians: list[GaussianParams], renders: Renders) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: Batch, gaussians: Sequence[GaussianParams], renders: Renders) -> dict[str, torch.Tensor]:
         """The weighted loss terms of the step (SPEC 4.1-4.5, and ours: the anchor losses)."""
         cfg, ratio, frames = self.cfg.loss, batch.ratio, batch.frames
         losses: dict[str, torch.Tensor] = {}
