@@ -1,18 +1,25 @@
 #!/bin/bash
-# The training step of two checkouts alternated in separate processes (a change that is not a
-# setting cannot be a --variant of one process): BASE (e.g. a `git worktree add .base HEAD~3`,
-# carried) against this checkout, ROUNDS times, then the medians of each side.
-#   benchmarks/device/ab_step.sh BASE ROUNDS [bench_train_step.py arguments...]
+# The training step of several checkouts alternated in separate processes (a change that is not a
+# setting cannot be a --variant of one process), ROUNDS times, each round in the order given.
+#   benchmarks/device/ab_step.sh ROUNDS CHECKOUT... [-- bench_train_step.py arguments...]
+# `.` is this checkout; another one is a copy of a commit made here and carried (`.ab/` is ignored):
+#   git archive --prefix=.ab/base/ REV | tar -x && git rev-parse --short REV > .ab/base/.revision
 # Each process builds the guidance (compiled from inductor's cache after the first) and times its
-# steps after warm-up as bench_train_step.py does; the per-process line is its [config] row.
+# steps after warm-up as bench_train_step.py does; the line printed per process is its [config]
+# row. Give --path absolute: each process runs in its checkout.
 set -uo pipefail
-BASE=$1; ROUNDS=$2; shift 2
+ROUNDS=$1; shift
+CHECKOUTS=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do CHECKOUTS+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+[ ${#CHECKOUTS[@]} -ge 1 ] || { echo "usage: ab_step.sh ROUNDS CHECKOUT... [-- bench_train_step.py arguments]"; exit 2; }
 HERE=$PWD
 for round in $(seq "$ROUNDS"); do
-  for side in base new; do
-    dir=$HERE; [ $side = base ] && dir=$BASE
+  for checkout in "${CHECKOUTS[@]}"; do
+    dir=$(cd "$HERE" && cd "$checkout" && pwd)
     line=$(cd "$dir" && PYTHONPATH=$dir:${PYTHONPATH:-} python3 benchmarks/bench_train_step.py "$@" 2>&1 \
       | grep -E "^\[config\] (step ms|failed)")
-    echo "round $round $side: ${line:-no result}"
+    rev=$(cat "$dir/.revision" 2>/dev/null || git -C "$dir" rev-parse --short HEAD 2>/dev/null)
+    echo "round $round $checkout (${rev:-?}): ${line:-no result}"
   done
 done
