@@ -34,7 +34,7 @@ import statistics
 import time
 
 import torch
-from timeline import idle_report, load_trace
+from timeline import idle_report, load_trace, sync_report
 from timing import PhaseTimer, percentile, time_calls
 
 from guidance.random_model import build_random_components
@@ -80,7 +80,7 @@ def phase_breakdown(trainer, steps: int) -> dict[str, float]:
 def timeline(trainer, steps: int, path: str, rows: int) -> str:
     """Profile ``steps`` pipelined steps (no syncs added: :class:`timing.PhaseTimer` only labels the
     phases), write the chrome trace to ``path`` and report where the GPU idles
-    (:func:`timeline.idle_report`)."""
+    (:func:`timeline.idle_report`) and where the host waited for it (:func:`timeline.sync_report`)."""
     from torch.profiler import ProfilerActivity, profile
 
     labels = PhaseTimer(trainer.device, synchronize=False)
@@ -95,8 +95,8 @@ def timeline(trainer, steps: int, path: str, rows: int) -> str:
     finally:
         labels.unwrap()
     prof.export_chrome_trace(path)
-    return f"trace {path}\n" + idle_report(load_trace(path), steps, [*TRAINER_PHASES.values(),
-                                                                       *GUIDANCE_PHASES.values()], rows)
+    events, phases = load_trace(path), [*TRAINER_PHASES.values(), *GUIDANCE_PHASES.values()]
+    return f"trace {path}\n{idle_report(events, steps, phases, rows)}\n\n{sync_report(events, steps, phases, rows)}"
 
 
 def kernel_table(trainer, steps: int, rows: int, cuda: bool) -> str:

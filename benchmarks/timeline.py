@@ -6,7 +6,8 @@ an exported trace and says how much, and where: every gap on the GPU timeline (b
 all earlier kernels and the start of the next kernel, any stream) is charged to the host-side phase
 (a ``record_function`` label, e.g. the trainer's step methods) that LAUNCHED that next kernel, found
 through the launch's correlation id. Host time per phase (the labels' own durations) says where the
-host's time goes.
+host's time goes. :func:`sync_report` lists where the host waited for the device (synchronizing
+runtime calls, by the CPU op and phase around them).
 
     python benchmarks/timeline.py TRACE.json[.gz] [--steps N] [--phases a,b,...] [--rows 15]
 
@@ -42,20 +43,14 @@ def idle_report(events: list[dict], steps: int, phases: list[str], rows: int = 1
     wanted = set(phases)
     spans = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
                     if e.get("ph") == "X" and e.get("cat") == "user_annotation" and e["name"] in wanted),
-                   key=lambda s: s[0])
+                   key=lambda s: (s[0], -s[1]))
     starts = [s[0] for s in spans]
     host_ms: dict[str, float] = defaultdict(float)
     for begin, end, name in spans:
         host_ms[name] += (end - begin) / 1000.0
 
     def phase_at(ts: float) -> str:
-        # the innermost labelled span holding ts: walking back from the last span that starts by
-        # ts, the first one that still covers it (labels nest, so it started last)
-        i = bisect.bisect_right(starts, ts) - 1
-        for j in range(i, max(-1, i - 64), -1):
-            if spans[j][1] >= ts:
-                return spans[j][2]
-        return "(outside the phases)"
+        return _innermost(spans, starts, ts, "(outside the phases)")
 
     idle: dict[str, float] = defaultdict(float)
     gap_count: dict[str, int] = defaultdict(int)
@@ -91,6 +86,64 @@ def idle_report(events: list[dict], steps: int, phases: list[str], rows: int = 1
     return "\n".join(lines)
 
 
+# runtime and driver calls after which the host has waited for the device (torch's pageable copies
+# and .item() end in cudaStreamSynchronize; a plain cudaMemcpy waits by itself)
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+              "cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize", "cuMemcpy", "cuMemcpyDtoH",
+              "cuMemcpyDtoH_v2", "cuMemcpyHtoD", "cuMemcpyHtoD_v2")
+
+
+def _innermost(spans: list[tuple[float, float, str]], starts: list[float], ts: float, default: str) -> str:
+    """The name of the innermost span (sorted by start, outer first) holding ``ts``: walking back from the last one
+    that starts by ``ts``, the first that still covers it (spans nest, so it started last)."""
+    i = bisect.bisect_right(starts, ts) - 1
+    for j in range(i, max(-1, i - 256), -1):
+        if spans[j][1] >= ts:
+            return spans[j][2]
+    return default
+
+
+def sync_report(events: list[dict], steps: int, phases: list[str], rows: int = 15) -> str:
+    """Where the host waited for the device (markdown): every synchronizing runtime call of the trace
+    (:data:`SYNC_CALLS`), by the innermost CPU op around it (e.g. ``aten::_local_scalar_dense`` for
+    ``.item()``, ``aten::copy_`` for a pageable copy), its phase and its thread, with the time the host
+    spent in it. Unlike ``torch.cuda.set_sync_debug_mode`` it also sees syncs made inside extensions
+    and in C++ contexts without a Python warning handler."""
+    threads = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "")
+               for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    ops: dict[tuple, list[tuple[float, float, str]]] = defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and e.get("cat") == "cpu_op":
+            ops[(e.get("pid"), e.get("tid"))].append((e["ts"], e["ts"] + e.get("dur", 0), e["name"]))
+    for spans in ops.values():
+        spans.sort(key=lambda s: (s[0], -s[1]))  # an op and the first op inside it may start together
+    op_starts = {key: [s[0] for s in spans] for key, spans in ops.items()}
+    wanted = set(phases)
+    phase_spans = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                          if e.get("ph") == "X" and e.get("cat") == "user_annotation" and e["name"] in wanted),
+                         key=lambda s: (s[0], -s[1]))
+    phase_starts = [s[0] for s in phase_spans]
+    count: dict[tuple[str, str, str], int] = defaultdict(int)
+    wait_ms: dict[tuple[str, str, str], float] = defaultdict(float)
+    for e in events:
+        if e.get("ph") != "X" or e.get("cat") not in LAUNCH_CATS or e.get("name") not in SYNC_CALLS:
+            continue
+        key = (e.get("pid"), e.get("tid"))
+        op = _innermost(ops.get(key, []), op_starts.get(key, []), e["ts"], "(no CPU op)")
+        phase = _innermost(phase_spans, phase_starts, e["ts"], "(outside the phases)")
+        thread = threads.get(key) or f"thread {e.get('tid')}"
+        where = (f"{e['name']} in {op}", phase, thread)
+        count[where] += 1
+        wait_ms[where] += e.get("dur", 0) / 1000.0
+    total = sum(count.values())
+    lines = [f"host syncs over {steps} steps: {total / steps:.1f} per step, the host waiting "
+             f"{sum(wait_ms.values()) / steps:.2f} ms per step in them",
+             "| call in the innermost CPU op | phase | thread | per step | wait ms per step |", "|---|---|---|---|---|"]
+    for where in sorted(count, key=lambda w: -wait_ms[w])[:rows]:
+        lines.append(f"| {where[0]} | {where[1]} | {where[2]} | {count[where] / steps:.1f} | {wait_ms[where] / steps:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace")
@@ -102,6 +155,8 @@ def main() -> None:
     phases = [p for p in args.phases.split(",") if p] or sorted(
         {e["name"] for e in events if e.get("cat") == "user_annotation"})
     print(idle_report(events, args.steps, phases, args.rows))
+    print()
+    print(sync_report(events, args.steps, phases, args.rows))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from timeline import idle_report, load_trace  # noqa: E402
+from timeline import idle_report, load_trace, sync_report  # noqa: E402
 
 
 def kernel(ts, dur, corr, name="k"):
@@ -41,3 +41,34 @@ def test_gaps_are_charged_to_the_phase_that_launched_the_next_kernel(tmp_path):
     assert rows["(outside the phases)"].startswith("| (outside the phases) | 0.03 | 1 |")
     assert rows["losses"].startswith("| losses | 0.00 | 0 | 0.10 |")
     assert "0.060  backward  k" in report and "0.030  (outside the phases)  last" in report
+
+
+def cpu_op(ts, dur, name, tid=1):
+    return {"ph": "X", "cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+
+
+def runtime(ts, dur, name, tid=1):
+    return {"ph": "X", "cat": "cuda_runtime", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid,
+            "args": {"correlation": ts}}
+
+
+def test_syncs_are_listed_by_the_cpu_op_phase_and_thread_around_them():
+    # main thread (tid 1): "deformation" 0..100 holds aten::copy_ 10..30 (a pageable copy: an async
+    # memcpy then a stream sync of 15 us) and aten::item 40..60 holding aten::_local_scalar_dense 40..60
+    # (a sync of 10 us); a kernel launch and an async copy elsewhere are not syncs. Over 2 steps.
+    # The autograd thread (tid 2, named) syncs once inside aten::nonzero, outside the phases.
+    events = [span(0, 100, "deformation"),
+              cpu_op(10, 20, "aten::copy_"), runtime(11, 2, "cudaMemcpyAsync"), runtime(14, 15, "cudaStreamSynchronize"),
+              cpu_op(40, 20, "aten::item"), cpu_op(40, 20, "aten::_local_scalar_dense"),
+              runtime(45, 10, "cudaStreamSynchronize"), runtime(70, 3, "cudaLaunchKernel"),
+              {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "autograd thread"}},
+              cpu_op(200, 50, "aten::nonzero", tid=2), runtime(210, 30, "cudaStreamSynchronize", tid=2)]
+    report = sync_report(events, steps=2, phases=["deformation"])
+    lines = report.splitlines()
+    assert lines[0] == "host syncs over 2 steps: 1.5 per step, the host waiting 0.03 ms per step in them"
+    rows = [line for line in lines if line.startswith("| cuda")]
+    assert rows == [  # by waiting time
+        "| cudaStreamSynchronize in aten::nonzero | (outside the phases) | autograd thread | 0.5 | 0.01 |",
+        "| cudaStreamSynchronize in aten::copy_ | deformation | thread 1 | 0.5 | 0.01 |",
+        "| cudaStreamSynchronize in aten::_local_scalar_dense | deformation | thread 1 | 0.5 | 0.01 |",
+    ]
