@@ -197,9 +197,9 @@ class GaussianModel4D(nn.Module):
         training step renders (the gsplat backend takes the batch without stacking it again)."""
         times = torch.as_tensor(times, dtype=torch.float32, device=self.device).reshape(-1)
         out = self.deformation(self.means, self.log_scales, self.quats, self.opacity_logits, times)
+        opacity_logits = out.opacity_logits if out.opacity_logits is not None else self.opacity_logits
         return GaussianBatch(means=out.means, log_scales=self._modified(out.log_scales, scale_modifier),
-                             quats=torch.nn.functional.normalize(out.quats, dim=-1),
-                             opacity_logits=out.opacity_logits if out.opacity_logits is not None else self.opacity_logits,
+                             quats=torch.nn.functional.normalize(out.quats, dim=-1), opacity_logits=opacity_logits,
                              sh=self.sh)
 
     @staticmethod

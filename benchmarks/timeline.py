@@ -94,8 +94,9 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 
 
 def _innermost(spans: list[tuple[float, float, str]], starts: list[float], ts: float, default: str) -> str:
-    """The name of the innermost span (sorted by start, outer first) holding ``ts``: walking back from the last one
-    that starts by ``ts``, the first that still covers it (spans nest, so it started last)."""
+    """The name of the innermost span (sorted by start, outer first) holding ``ts``: walking back
+    from the last one that starts by ``ts``, the first that still covers it (spans nest, so it
+    started last)."""
     i = bisect.bisect_right(starts, ts) - 1
     for j in range(i, max(-1, i - 256), -1):
         if spans[j][1] >= ts:
@@ -140,7 +141,8 @@ def sync_report(events: list[dict], steps: int, phases: list[str], rows: int = 1
              f"{sum(wait_ms.values()) / steps:.2f} ms per step in them",
              "| call in the innermost CPU op | phase | thread | per step | wait ms per step |", "|---|---|---|---|---|"]
     for where in sorted(count, key=lambda w: -wait_ms[w])[:rows]:
-        lines.append(f"| {where[0]} | {where[1]} | {where[2]} | {count[where] / steps:.1f} | {wait_ms[where] / steps:.2f} |")
+        call, phase, thread = where
+        lines.append(f"| {call} | {phase} | {thread} | {count[where] / steps:.1f} | {wait_ms[where] / steps:.2f} |")
     return "\n".join(lines)
 
 

@@ -58,7 +58,8 @@ def test_syncs_are_listed_by_the_cpu_op_phase_and_thread_around_them():
     # (a sync of 10 us); a kernel launch and an async copy elsewhere are not syncs. Over 2 steps.
     # The autograd thread (tid 2, named) syncs once inside aten::nonzero, outside the phases.
     events = [span(0, 100, "deformation"),
-              cpu_op(10, 20, "aten::copy_"), runtime(11, 2, "cudaMemcpyAsync"), runtime(14, 15, "cudaStreamSynchronize"),
+              cpu_op(10, 20, "aten::copy_"), runtime(11, 2, "cudaMemcpyAsync"),
+              runtime(14, 15, "cudaStreamSynchronize"),
               cpu_op(40, 20, "aten::item"), cpu_op(40, 20, "aten::_local_scalar_dense"),
               runtime(45, 10, "cudaStreamSynchronize"), runtime(70, 3, "cudaLaunchKernel"),
               {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "autograd thread"}},

@@ -398,7 +398,8 @@ def test_render_batch_torch_equals_separate_renders():
 def _three_sets(sh_degree: int | None = 1) -> GaussianBatch:
     """A GaussianBatch of 3 sets of 30 Gaussians sharing opacity and colour, as the deformation makes."""
     scenes = [random_scene(30, seed=s, sh_degree=sh_degree, dtype=torch.float32) for s in range(3)]
-    return GaussianBatch(means=torch.stack([g.means for g in scenes]), log_scales=torch.stack([g.log_scales for g in scenes]),
+    return GaussianBatch(means=torch.stack([g.means for g in scenes]),
+                         log_scales=torch.stack([g.log_scales for g in scenes]),
                          quats=torch.stack([g.quats for g in scenes]), opacity_logits=scenes[0].opacity_logits,
                          sh=scenes[0].sh, colors=scenes[0].colors)
 

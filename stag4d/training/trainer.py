@@ -650,7 +650,8 @@ class Trainer:
                                    self._white.expand(len(cameras), 3), backend=self.backend)
         return Renders(reference, random, anchors)
 
-    def compute_losses(self, batch: Batch, gaussians: Sequence[GaussianParams], renders: Renders) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: Batch, gaussians: Sequence[GaussianParams],
+                       renders: Renders) -> dict[str, torch.Tensor]:
         """The weighted loss terms of the step (SPEC 4.1-4.5, and ours: the anchor losses)."""
         cfg, ratio, frames = self.cfg.loss, batch.ratio, batch.frames
         losses: dict[str, torch.Tensor] = {}
