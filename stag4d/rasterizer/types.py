@@ -8,19 +8,8 @@ import torch
 
 
 @dataclass
-class GaussianParams:
-    """Raw (unactivated) parameters of N Gaussians in world space.
-
-    Attributes:
-        means: [N, 3] positions.
-        log_scales: [N, 3] log of the standard deviations along the local axes.
-        quats: [N, 4] rotations as quaternions (w, x, y, z), not necessarily normalized.
-        opacity_logits: [N] opacity before the sigmoid.
-        sh: [N, K, 3] spherical-harmonics coefficients, K = (degree + 1) ** 2 with degree 0..3,
-            in the 3DGS convention (colour = 0.5 + SH . basis, clamped at 0);
-            or None when ``colors`` is given.
-        colors: [N, 3] RGB in [0, 1] (used instead of ``sh``), or None.
-    """
+class _GaussianAttributes:
+    """The attributes shared by one set of Gaussians and a batch of sets (shapes: see each)."""
 
     means: torch.Tensor
     log_scales: torch.Tensor
@@ -31,11 +20,7 @@ class GaussianParams:
 
     def __post_init__(self) -> None:
         if (self.sh is None) == (self.colors is None):
-            raise ValueError("GaussianParams needs exactly one of sh [N, K, 3] or colors [N, 3]")
-
-    @property
-    def num(self) -> int:
-        return self.means.shape[0]
+            raise ValueError(f"{type(self).__name__} needs exactly one of sh [N, K, 3] or colors [N, 3]")
 
     @property
     def sh_degree(self) -> int | None:
@@ -49,7 +34,27 @@ class GaussianParams:
 
 
 @dataclass
-class GaussianBatch:
+class GaussianParams(_GaussianAttributes):
+    """Raw (unactivated) parameters of N Gaussians in world space.
+
+    Attributes:
+        means: [N, 3] positions.
+        log_scales: [N, 3] log of the standard deviations along the local axes.
+        quats: [N, 4] rotations as quaternions (w, x, y, z), not necessarily normalized.
+        opacity_logits: [N] opacity before the sigmoid.
+        sh: [N, K, 3] spherical-harmonics coefficients, K = (degree + 1) ** 2 with degree 0..3,
+            in the 3DGS convention (colour = 0.5 + SH . basis, clamped at 0);
+            or None when ``colors`` is given.
+        colors: [N, 3] RGB in [0, 1] (used instead of ``sh``), or None.
+    """
+
+    @property
+    def num(self) -> int:
+        return self.means.shape[0]
+
+
+@dataclass
+class GaussianBatch(_GaussianAttributes):
     """B sets of the same N Gaussians (as the deformation field makes them for B times), as a
     sequence of ``repeats * B`` :class:`GaussianParams`: item i is set ``i % B``.
 
@@ -65,17 +70,10 @@ class GaussianBatch:
         repeats: how many times the sequence goes through the B sets.
     """
 
-    means: torch.Tensor
-    log_scales: torch.Tensor
-    quats: torch.Tensor
-    opacity_logits: torch.Tensor
-    sh: torch.Tensor | None = None
-    colors: torch.Tensor | None = None
     repeats: int = 1
 
     def __post_init__(self) -> None:
-        if (self.sh is None) == (self.colors is None):
-            raise ValueError("GaussianBatch needs exactly one of sh [N, K, 3] or colors [N, 3]")
+        super().__post_init__()
         if self.means.dim() != 3:
             raise ValueError(f"GaussianBatch needs means [B, N, 3]; got {tuple(self.means.shape)}")
         sets, n = self.means.shape[:2]
@@ -120,10 +118,6 @@ class GaussianBatch:
     def repeated(self, times: int) -> GaussianBatch:
         """The sequence gone through ``times`` times (no copy)."""
         return replace(self, repeats=self.repeats * times)
-
-    @property
-    def sh_degree(self) -> int | None:
-        return self[0].sh_degree
 
 
 def concat_sets(first: Sequence[GaussianParams], second: Sequence[GaussianParams]) -> Sequence[GaussianParams]:
