@@ -62,6 +62,11 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
 
 
 def _check_inputs(gaussians: GaussianParams, camera: Camera, background: torch.Tensor) -> None:
+    _check_gaussians(gaussians)
+    _check_view(camera, background)
+
+
+def _check_gaussians(gaussians: GaussianParams) -> None:
     n = gaussians.num
     shapes = {"means": (gaussians.means, (n, 3)), "log_scales": (gaussians.log_scales, (n, 3)),
               "quats": (gaussians.quats, (n, 4)), "opacity_logits": (gaussians.opacity_logits, (n,))}
@@ -73,6 +78,9 @@ def _check_inputs(gaussians: GaussianParams, camera: Camera, background: torch.T
     for field, (tensor, shape) in shapes.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"GaussianParams.{field} has shape {tuple(tensor.shape)}, expected {shape}")
+
+
+def _check_view(camera: Camera, background: torch.Tensor) -> None:
     if background.numel() != 3:
         raise ValueError(f"background must hold 3 values (RGB), got shape {tuple(background.shape)}")
     if camera.width <= 0 or camera.height <= 0:
@@ -118,9 +126,10 @@ def render_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[Camera],
         raise ValueError(f"render_batch needs B >= 1 Gaussian sets, cameras and backgrounds [B, 3]; got "
                          f"{len(gaussians)}, {len(cameras)} and {tuple(backgrounds.shape)}")
     if isinstance(gaussians, GaussianBatch):
-        first = gaussians[0]  # the sets share their shapes (GaussianBatch checks them)
+        first = gaussians[0]  # the sets share their shapes (GaussianBatch checks them): one check
+        _check_gaussians(first)
         for c, bg in zip(cameras, backgrounds):
-            _check_inputs(first, c, bg)
+            _check_view(c, bg)
         choice = _pick(backend, first)
         if choice == "gsplat":
             return render_gsplat_batch(gaussians, cameras, backgrounds, scale_modifier)
