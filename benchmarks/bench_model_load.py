@@ -1,6 +1,6 @@
 """Benchmark: how long loading the diffusion models takes, as gen_mv.py and main.py load them.
 
-    python benchmarks/bench_model_load.py --zero123pp Z123PP [--zero123 Z123XL] [--repeats 3]
+    python benchmarks/bench_model_load.py [--zero123pp Z123PP] [--zero123 Z123XL] [--repeats 3]
     (model folders: python -m stag4d.multiview.random_model Z123PP --fp16;
                     python -m guidance.random_model Z123XL --fp16)
 
@@ -10,7 +10,8 @@ classes' own modules, which diffusers and transformers import on first use), eac
 
 * ``zero123pp``: gen_mv's ``load_pipeline``, with the seconds of each weighted component (read,
   cast, moved to the device);
-* ``zero123 guidance``: main.py's Zero123 guidance (``load_guidance``).
+* ``zero123 guidance``: main.py's Zero123 guidance (``load_guidance``), with the seconds of each
+  weighted component's read, the move to the device and the speed options (``load_seconds``).
 
 The rows alternate within each repeat; the model files are read once before the first timed row
 (warm page cache, as right after writing or downloading them). Median over ``--repeats``; the
@@ -39,7 +40,7 @@ started = time.perf_counter()
 parts = {}
 if sys.argv[1] == "guidance":
     from guidance import GuidanceConfig, load_guidance
-    load_guidance(GuidanceConfig(zero123_model=sys.argv[3]), device)
+    parts = load_guidance(GuidanceConfig(zero123_model=sys.argv[3]), device).load_seconds
 else:
     from stag4d.multiview.pipeline import load_pipeline
     parts = load_pipeline(sys.argv[3], device=device).load_seconds
@@ -73,12 +74,16 @@ def read_files(folder: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--zero123pp", required=True, help="Zero123++ model folder")
+    parser.add_argument("--zero123pp", help="Zero123++ model folder; row left out without it")
     parser.add_argument("--zero123", help="Zero123 (guidance) model folder; row left out without it")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    rows = {"zero123pp": ("zero123pp", args.zero123pp)}
+    if not (args.zero123pp or args.zero123):
+        parser.error("give --zero123pp DIR, --zero123 DIR or both")
+    rows = {}
+    if args.zero123pp:
+        rows["zero123pp"] = ("zero123pp", args.zero123pp)
     if args.zero123:
         rows["zero123 guidance"] = ("guidance", args.zero123)
     for _, folder in rows.values():

@@ -160,8 +160,12 @@ def _load_part(name: str, load, source: str, subfolder: str, variant: Optional[s
         raise unavailable(name, f"{where}: {err}") from err
 
 
-def load_zero123_components(name: str, dtype: torch.dtype = torch.float32) -> Zero123Components:
+def load_zero123_components(name: str, dtype: torch.dtype = torch.float32,
+                            seconds: Optional[dict[str, float]] = None) -> Zero123Components:
     """Load the six components from a local folder or a hub id; fp16 variant files when ``dtype`` is fp16.
+
+    ``seconds``, when given, receives the wall seconds of each weighted component's read (and of
+    the diffusers/transformers model modules each one imports on first use).
 
     Raises:
         errors.ModelUnavailable: folder or component missing, or the hub cannot be reached.
@@ -190,14 +194,19 @@ def load_zero123_components(name: str, dtype: torch.dtype = torch.float32) -> Ze
         kwargs = {"variant": variant} if variant else {}
         return CLIPVisionModelWithProjection.from_pretrained(src, subfolder=subfolder, **kwargs).to(dtype)
 
-    parts = {
-        "vae": _load_part(name, diffusers_loader(AutoencoderKL), source, "vae", variant_of("vae"), local),
-        "unet": _load_part(name, diffusers_loader(UNet2DConditionModel), source, "unet", variant_of("unet"), local),
-        "projection": _load_part(
-            name, diffusers_loader(CLIPCameraProjection), source, "clip_camera_projection",
-            variant_of("clip_camera_projection"), local,
-        ),
-        "image_encoder": _load_part(name, clip_loader, source, "image_encoder", variant_of("image_encoder"), local),
+    weighted = {  # component: (loader, subfolder)
+        "vae": (diffusers_loader(AutoencoderKL), "vae"),
+        "unet": (diffusers_loader(UNet2DConditionModel), "unet"),
+        "projection": (diffusers_loader(CLIPCameraProjection), "clip_camera_projection"),
+        "image_encoder": (clip_loader, "image_encoder"),
+    }
+    parts = {}
+    for part, (loader, subfolder) in weighted.items():
+        begin = time.perf_counter()
+        parts[part] = _load_part(name, loader, source, subfolder, variant_of(subfolder), local)
+        if seconds is not None:
+            seconds[part] = time.perf_counter() - begin
+    parts.update({
         "scheduler": _load_part(
             name, lambda src, subfolder, variant: DDIMScheduler.from_pretrained(src, subfolder=subfolder),
             source, "scheduler", None, local,
@@ -206,7 +215,7 @@ def load_zero123_components(name: str, dtype: torch.dtype = torch.float32) -> Ze
             name, lambda src, subfolder, variant: CLIPImageProcessor.from_pretrained(src, subfolder=subfolder),
             source, "feature_extractor", None, local,
         ),
-    }
+    })
     components = Zero123Components(**parts)
     check_components(name, components)
     return components
@@ -452,6 +461,7 @@ class Zero123Guidance:
         # Set by prepare(): per frame, slot 0 = reference, slot 1 + k = anchor k.
         self.clip_embeds: Optional[torch.Tensor] = None  # [T, 1 + V, D]
         self.cond_latents: Optional[torch.Tensor] = None  # [T, 1 + V, C, h, w]
+        self.load_seconds: dict[str, float] = {}  # per part of from_config (read, to device, speed options)
 
     @classmethod
     def from_config(cls, cfg: GuidanceConfig, device: torch.device | str) -> "Zero123Guidance":
@@ -459,9 +469,16 @@ class Zero123Guidance:
         device = torch.device(device)
         fp16 = cfg.fp16 is not False and device.type == "cuda"
         dtype = torch.float16 if fp16 else torch.float32
-        components = load_zero123_components(cfg.zero123_model, dtype)
+        seconds: dict[str, float] = {}
+        components = load_zero123_components(cfg.zero123_model, dtype, seconds)
+        begin = time.perf_counter()
         guide = cls(components, device, dtype, cfg.guidance_scale, cfg)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds["to device"], begin = time.perf_counter() - begin, time.perf_counter()
         guide.optimize_from_config(cfg)
+        seconds["speed options"] = time.perf_counter() - begin
+        guide.load_seconds = seconds
         return guide
 
     def optimize_from_config(self, cfg: GuidanceConfig) -> None:

@@ -118,6 +118,9 @@ def test_loaded_model_is_frozen_fp32_on_cpu(guide, tiny_model_dir):
 
     saved = load_file(os.path.join(tiny_model_dir, "clip_camera_projection", "diffusion_pytorch_model.safetensors"))
     assert torch.equal(guide.projection.proj.weight, saved["proj.weight"])
+    # the seconds of each part of the load, as main.py prints them
+    assert list(guide.load_seconds) == ["vae", "unet", "projection", "image_encoder", "to device", "speed options"]
+    assert all(seconds >= 0 for seconds in guide.load_seconds.values())
 
 
 def test_missing_model_names_the_path(tmp_path):

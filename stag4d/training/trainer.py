@@ -455,7 +455,9 @@ class Trainer:
         if self.guidance is None:
             start = time_module.perf_counter()
             self.guidance = self._load_guidance()
-            print(f"loaded the Zero123 guidance in {time_module.perf_counter() - start:.1f} s", file=sys.stderr,
+            parts = getattr(self.guidance, "load_seconds", None) or {}
+            split = f" ({', '.join(f'{part} {s:.1f} s' for part, s in parts.items())})" if parts else ""
+            print(f"loaded the Zero123 guidance in {time_module.perf_counter() - start:.1f} s{split}", file=sys.stderr,
                   flush=True)
         warm_up = getattr(self.guidance, "warm_up", None)
         if warm_up is None or self.device.type != "cuda":
