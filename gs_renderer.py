@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from stag4d.errors import DataError
 from stag4d.files import host_copy, torch_save
 from stag4d.gaussians import knn
-from stag4d.gaussians.deformation import DeformationConfig, DeformationField
+from stag4d.gaussians.deformation import DeformationConfig, DeformationField, DeformationOutput
 from stag4d.gaussians.ply import GaussianArrays, read_gaussian_ply, write_gaussian_ply
 from stag4d.rasterizer.types import GaussianBatch, GaussianParams
 from stag4d.settings import setting
@@ -192,11 +192,15 @@ class GaussianModel4D(nn.Module):
         """Deformed Gaussians at each of B times [B], with one deformation (MLP) call for all."""
         return list(self.gaussian_batch_at_times(times, scale_modifier))
 
-    def gaussian_batch_at_times(self, times: Tensor | Sequence[float], scale_modifier: float = 1.0) -> GaussianBatch:
+    def gaussian_batch_at_times(self, times: Tensor | Sequence[float], scale_modifier: float = 1.0,
+                                deformation: Optional[Callable[..., DeformationOutput]] = None) -> GaussianBatch:
         """The same as :meth:`gaussians_at_times`, kept batched ([B, N, ...] tensors): what the
-        training step renders (the gsplat backend takes the batch without stacking it again)."""
+        training step renders (the gsplat backend takes the batch without stacking it again).
+        ``deformation``: called in place of :attr:`deformation` with the same arguments (the
+        training step's :class:`stag4d.gaussians.graphed.GraphedDeformation`)."""
         times = torch.as_tensor(times, dtype=torch.float32, device=self.device).reshape(-1)
-        out = self.deformation(self.means, self.log_scales, self.quats, self.opacity_logits, times)
+        deform = self.deformation if deformation is None else deformation
+        out = deform(self.means, self.log_scales, self.quats, self.opacity_logits, times)
         opacity_logits = out.opacity_logits if out.opacity_logits is not None else self.opacity_logits
         return GaussianBatch(means=out.means, log_scales=self._modified(out.log_scales, scale_modifier),
                              quats=torch.nn.functional.normalize(out.quats, dim=-1), opacity_logits=opacity_logits,

@@ -50,6 +50,7 @@ from stag4d.data.video import to_uint8, write_video  # atomic H.264 through the 
 from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, TrainingStopped, UserError
 from stag4d.files import BackgroundWriter, host_copy, save_image, torch_save, wait_for_file, write_text
+from stag4d.gaussians.graphed import GraphedDeformation
 from stag4d.gaussians.ply import write_gaussian_ply
 from stag4d.rasterizer import (BACKENDS, GaussianParams, RenderOutput, concat_sets, render, render_batch,
                               same_view_setup)
@@ -106,6 +107,9 @@ class TrainConfig:
     detect_anomaly: bool = setting(False, "torch autograd anomaly detection (slow; to find where a NaN starts)")
     compile_deformation: bool = setting(False, "torch.compile the deformation field, forward and backward, for any "
                                         "number of Gaussians (CUDA only; compiles at the first fine step)")
+    cuda_graph_deformation: bool = setting(False, "replay the deformation field's forward and backward from CUDA "
+                                           "graphs in training steps, one pair per number of Gaussians (CUDA only; "
+                                           "the same kernels as eager; not with compile_deformation)")
     compile_regularizers: bool = setting(True, "torch.compile the HexPlane regularizers: about 190 small ops a "
                                          "step, forward and backward, in a few fused kernels (CUDA only; "
                                          "compiles at the first fine step: about 1 s from inductor's cache)")
@@ -125,6 +129,9 @@ class TrainConfig:
             # past half an interval a sample nearer the next frame would be scored against its own
             raise ConfigError(f"time_jitter={self.time_jitter} needs time_jitter_target=interpolated (at most 0.5 "
                               "with the frame's own images)")
+        if self.compile_deformation and self.cuda_graph_deformation:
+            raise ConfigError("compile_deformation=true needs cuda_graph_deformation=false (the graphs capture the "
+                              "eager deformation field): set one of them to false")
         start, end = (list(self.time_jitter_window) + [None, None])[:2]
         if len(self.time_jitter_window) != 2 or not start < end:
             raise ConfigError(f"time_jitter_window={list(self.time_jitter_window)}: give [start, end] with "
@@ -398,6 +405,7 @@ class Trainer:
         # fuses (on an H200, 1.1 ms of device time a step for the 512 px planes alone)
         compile_regularizers = train.compile_regularizers and self.device.type == "cuda"
         self.hexplane_regularizer = torch.compile(hexplane_regularizer) if compile_regularizers else hexplane_regularizer
+        self._graphed_deformation: Optional[GraphedDeformation] = None  # see deformation_call
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim)
         self.densify = cfg.densify
         self.densify_state = self.densify.initialize_state()
@@ -526,6 +534,8 @@ class Trainer:
         start = time_module.perf_counter()
         self.step += 1
         self.model.train()
+        if self._graphed_deformation is not None:
+            self._graphed_deformation.begin_step()  # the last step's backward is done
         self.scheduler.step(self.step)
 
         with torch.autograd.detect_anomaly() if self.cfg.train.detect_anomaly else contextlib.nullcontext():
@@ -616,7 +626,18 @@ class Trainer:
         if batch.coarse:
             return [self.model.gaussians_at(None)] * len(batch.frames)
         times = batch.times + batch.ref_times if self._separate_ref_times(batch) else batch.times
-        return self.model.gaussian_batch_at_times(self._host_to_device(times, torch.float32))
+        return self.model.gaussian_batch_at_times(self._host_to_device(times, torch.float32),
+                                                  deformation=self.deformation_call())
+
+    def deformation_call(self):
+        """The deformation field of training steps: the model's, or with ``cuda_graph_deformation``
+        on CUDA its :class:`GraphedDeformation` (made again when the model's field is replaced, as
+        by a resume)."""
+        if not (self.cfg.train.cuda_graph_deformation and self.device.type == "cuda"):
+            return self.model.deformation
+        if self._graphed_deformation is None or self._graphed_deformation.field is not self.model.deformation:
+            self._graphed_deformation = GraphedDeformation(self.model.deformation)
+        return self._graphed_deformation
 
     def _separate_ref_times(self, batch: Batch) -> bool:
         return not batch.coarse and self.cfg.loss.uses_reference and batch.ref_times != batch.times
@@ -704,8 +725,8 @@ class Trainer:
         half = 0.5 / self.num_frames
         last = (self.num_frames - 1) / self.num_frames
         u = half + self.rng.random() * max(last - 2 * half, 0.0)
-        means = self.model.deformation(self.model.means, self.model.log_scales, self.model.quats, None,
-                                       torch.tensor([u - half, u, u + half], device=self.device)).means
+        means = self.deformation_call()(self.model.means, self.model.log_scales, self.model.quats, None,
+                                        torch.tensor([u - half, u, u + half], device=self.device)).means
         second = (means[0] - 2.0 * means[1] + means[2]) / (half * self.num_frames) ** 2
         return second.square().sum(dim=-1).mean()
 

@@ -1,0 +1,194 @@
+"""``GraphedDeformation`` (``cuda_graph_deformation``): which calls it graphs, when it captures,
+what it drops, and that a graphed training step equals the eager one.
+
+CPU: the rules, with the capture replaced by a recorder that returns the wrapped module itself
+(so results are eager and can be compared exactly). CUDA (``-m cuda``): the real graphs against the
+eager field (outputs and every gradient), and whole training steps.
+"""
+import warnings
+
+import pytest
+import torch
+
+from stag4d.gaussians.deformation import DeformationConfig, DeformationField
+from stag4d.gaussians.graphed import GraphedDeformation
+
+
+def small_field(**kw) -> DeformationField:
+    torch.manual_seed(0)
+    cfg = DeformationConfig(kplanes_features=4, kplanes_resolution=[5, 5, 5, 5], multires=[1, 2], **kw)
+    field = DeformationField(cfg)
+    with torch.no_grad():  # motion in the time planes, so that the times matter
+        for planes in field.grid.time_planes:
+            planes.uniform_(0.5, 1.5)
+    return field
+
+
+def gaussians(n: int, device="cpu"):
+    g = torch.Generator().manual_seed(n)
+    means = (torch.rand(n, 3, generator=g) - 0.5).to(device).requires_grad_()
+    log_scales = torch.randn(n, 3, generator=g).to(device).requires_grad_()
+    quats = torch.randn(n, 4, generator=g).to(device).requires_grad_()
+    opacity = torch.randn(n, generator=g).to(device).requires_grad_()
+    return means, log_scales, quats, opacity
+
+
+class Recorder:
+    """Stands in for torch.cuda.make_graphed_callables: records each capture, returns the module."""
+
+    def __init__(self, fail: bool = False):
+        self.calls = []
+        self.fail = fail
+
+    def __call__(self, module, samples, num_warmup_iters, allow_unused_input):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.calls.append(tuple(tuple(x.shape) for x in samples))
+        assert allow_unused_input  # the opacity head's parameters get no gradient
+        return module
+
+
+def test_one_capture_per_shape_and_the_same_outputs():
+    field, recorder = small_field(), Recorder()
+    graphed = GraphedDeformation(field, capture=recorder)
+    means, log_scales, quats, opacity = gaussians(7)
+    times = torch.tensor([0.1, 0.5, 0.9])
+    for _ in range(3):
+        graphed.begin_step()
+        out = graphed(means, log_scales, quats, opacity, times)
+        expected = field(means, log_scales, quats, opacity, times)
+        for name in ("means", "log_scales", "quats"):
+            assert torch.equal(getattr(out, name), getattr(expected, name)), name
+        assert out.opacity_logits is None  # deform_opacity is off, as in the released model
+        out.means.sum().backward()
+    assert recorder.calls == [((7, 3), (7, 3), (7, 4), (3,))] and graphed.captures == 1
+
+
+def test_a_second_call_of_a_shape_in_one_step_runs_eagerly():
+    field, recorder = small_field(), Recorder()
+    graphed = GraphedDeformation(field, capture=recorder)
+    means, log_scales, quats, _ = gaussians(5)
+    graphed.begin_step()
+    graphed(means, log_scales, quats, None, torch.tensor([0.2, 0.4]))
+    graphed(means, log_scales, quats, None, torch.tensor([0.6, 0.8]))  # same shape: its buffers are in use
+    graphed(means, log_scales, quats, None, torch.tensor([0.1, 0.3, 0.5]))  # another shape: its own graph
+    assert len(recorder.calls) == 2 and len(graphed.graphs) == 2
+    assert len(graphed.used) == 2
+    graphed.begin_step()
+    assert not graphed.used
+
+
+def test_a_new_number_of_gaussians_drops_the_old_graphs():
+    field, recorder = small_field(), Recorder()
+    graphed = GraphedDeformation(field, capture=recorder)
+    times = torch.tensor([0.25, 0.75])
+    for n in (6, 6, 9):
+        graphed.begin_step()
+        graphed(*gaussians(n)[:3], None, times)
+    assert [shapes[0][0] for shapes in recorder.calls] == [6, 9]
+    assert [key[0][0][0] for key in graphed.graphs] == [9]
+
+
+def test_calls_without_a_gradient_run_eagerly():
+    recorder = Recorder()
+    graphed = GraphedDeformation(small_field(), capture=recorder)
+    means, log_scales, quats, _ = gaussians(4)
+    with torch.no_grad():
+        graphed(means, log_scales, quats, None, torch.tensor([0.5]))
+    graphed(means.detach(), log_scales.detach(), quats.detach(), None, torch.tensor([0.5]))
+    assert recorder.calls == [] and not graphed.used
+
+
+def test_deformed_opacity_goes_through_the_graph():
+    field, recorder = small_field(deform_opacity=True), Recorder()
+    graphed = GraphedDeformation(field, capture=recorder)
+    means, log_scales, quats, opacity = gaussians(4)
+    times = torch.tensor([0.3])
+    out = graphed(means, log_scales, quats, opacity, times)
+    assert recorder.calls == [((4, 3), (4, 3), (4, 4), (1,), (4,))]
+    assert torch.equal(out.opacity_logits, field(means, log_scales, quats, opacity, times).opacity_logits)
+
+
+def test_a_failed_capture_warns_once_and_turns_graphing_off():
+    field, recorder = small_field(), Recorder(fail=True)
+    graphed = GraphedDeformation(field, capture=recorder)
+    means, log_scales, quats, _ = gaussians(4)
+    with pytest.warns(UserWarning, match="cuda_graph_deformation: capture failed"):
+        out = graphed(means, log_scales, quats, None, torch.tensor([0.5]))
+    assert torch.equal(out.means, field(means, log_scales, quats, None, torch.tensor([0.5])).means)
+    assert not graphed.enabled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graphed.begin_step()
+        graphed(means, log_scales, quats, None, torch.tensor([0.5]))  # eager, no second warning
+
+
+def test_the_option_is_inert_on_the_cpu_and_excludes_compile_deformation(tmp_path):
+    from test_trainer import tiny_config
+
+    from stag4d.settings import ConfigError
+    from stag4d.training.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, "anchored.yaml", ["cuda_graph_deformation=true"])
+    trainer = Trainer(cfg)
+    trainer.step = cfg.train.init_steps + 1  # fine stage
+    trainer.train_step()
+    assert trainer.deformation_call() is trainer.model.deformation and trainer._graphed_deformation is None
+    with pytest.raises(ConfigError, match="needs cuda_graph_deformation=false"):
+        tiny_config(tmp_path, "stag4d.yaml", ["cuda_graph_deformation=true", "compile_deformation=true"])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("deform_opacity", [False, True])
+def test_graphs_equal_the_eager_field_cuda(deform_opacity):
+    """Outputs, the inputs' gradients and every parameter's gradient, over three steps: the first
+    captures, the others replay (with the parameters moved in place between them, as Adam does)."""
+    field = small_field(deform_opacity=deform_opacity).cuda()
+    graphed = GraphedDeformation(field)
+    means, log_scales, quats, opacity = gaussians(300, "cuda")
+    times = torch.tensor([0.1, 0.4, 0.6, 0.9], device="cuda")
+    weights = [torch.randn(4, 300, k, device="cuda") for k in (3, 3, 4)] + [torch.randn(4, 300, device="cuda")]
+
+    def loss(out):
+        terms = [out.means, out.log_scales, out.quats] + ([out.opacity_logits] if deform_opacity else [])
+        return sum((w * t).sum() for w, t in zip(weights, terms))
+
+    inputs = (means, log_scales, quats, opacity)
+    for step in range(3):
+        leaves = list(inputs) + list(field.parameters())
+        for leaf in leaves:
+            leaf.grad = None
+        loss(field(means, log_scales, quats, opacity, times)).backward()
+        eager = [None if x.grad is None else x.grad.clone() for x in leaves]
+        for leaf in leaves:
+            leaf.grad = None
+        graphed.begin_step()
+        out = graphed(means, log_scales, quats, opacity, times)
+        expected = field(means, log_scales, quats, opacity, times)
+        for name in ("means", "log_scales", "quats") + (("opacity_logits",) if deform_opacity else ()):
+            torch.testing.assert_close(getattr(out, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
+        loss(out).backward()
+        for leaf, want in zip(leaves, eager):
+            if want is None:  # the opacity head without deform_opacity
+                assert leaf.grad is None or not leaf.grad.any()
+                continue
+            # grid_sample's backward adds with atomics: the order of the sums differs between runs
+            torch.testing.assert_close(leaf.grad, want, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            for p in field.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    assert graphed.captures == 1
+
+
+@pytest.mark.cuda
+def test_graphed_deformation_step_equals_plain_step_cuda(tmp_path):
+    from test_train_speed import FAST, assert_same_step, run_steps
+    from test_trainer import tiny_config
+
+    gpu = ["device=cuda", "backend=gsplat"]
+    plain = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + FAST), steps=3)
+    graphed = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + FAST + ["cuda_graph_deformation=true"]), steps=3)
+    runner = graphed[2]._graphed_deformation
+    assert runner is not None and runner.captures == 1 and len(runner.graphs) == 1
+    # gsplat's and grid_sample's backward add with atomics (see test_train_speed)
+    assert_same_step(plain, graphed, later_grad_tolerance=5e-3)
