@@ -4,7 +4,8 @@
 CUDA (``-m cuda``): gsplat, fp16 guidance, ``guidance_cuda_graph``, ``guidance_cuda_graph_vae``
 and ``fused_adam``; then with ``guidance_compile`` (+ channels-last, cuDNN benchmark),
 ``guidance_vae_attention=matmul``, ``compile_deformation`` and ``compile_regularizers``. CPU: the same options are inert there (CUDA
-only) and change nothing.
+only) and change nothing. ``cuda_graph_deformation`` (one of the graphs) has its own tests in
+test_graphed_deformation.py.
 """
 import pytest
 import torch
@@ -15,19 +16,21 @@ from guidance.zero123 import GraphedEncoder, GraphedUNet, Zero123Guidance
 from stag4d.training.losses import hexplane_regularizer
 from stag4d.training.trainer import Trainer
 
-GRAPHS = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true"]
+GRAPHS = ["guidance_cuda_graph=true", "guidance_cuda_graph_vae=true", "fused_adam=true", "cuda_graph_deformation=true"]
 NOT_COMPILED = ["guidance_compile=false", "guidance_channels_last=false", "guidance_cudnn_benchmark=false",
                 "guidance_vae_attention=sdpa", "compile_regularizers=false"]
 # two rasterizer calls a step, the reference views then the random views (merge_renders, a default, makes one)
 SEPARATE_RENDERS = ["merge_renders=false"]
-PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_adam=false"] + NOT_COMPILED + SEPARATE_RENDERS
+PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_adam=false",
+         "cuda_graph_deformation=false"] + NOT_COMPILED + SEPARATE_RENDERS
 # the graphs and fused Adam alone (the same kernels as PLAIN)
 FAST = GRAPHS + NOT_COMPILED + SEPARATE_RENDERS
 # the defaults (the graphs, torch.compile of the guidance, its convolution options, the VAE attention
 # by matmuls, the HexPlane regularizers compiled, one rasterizer call for both view kinds) and the
-# deformation field compiled too
+# deformation field compiled too (instead of graphed: the two exclude each other)
 COMPILED = GRAPHS + ["guidance_compile=true", "guidance_channels_last=true", "guidance_cudnn_benchmark=true",
-                     "guidance_vae_attention=matmul", "compile_regularizers=true", "compile_deformation=true"]
+                     "guidance_vae_attention=matmul", "compile_regularizers=true", "compile_deformation=true",
+                     "cuda_graph_deformation=false"]
 
 
 def run_steps(cfg, steps: int = 2):

@@ -106,10 +106,12 @@ class TrainConfig:
     overwrite: bool = setting(False, "start a new run in a save_path that holds a finished one (deletes its saves)")
     detect_anomaly: bool = setting(False, "torch autograd anomaly detection (slow; to find where a NaN starts)")
     compile_deformation: bool = setting(False, "torch.compile the deformation field, forward and backward, for any "
-                                        "number of Gaussians (CUDA only; compiles at the first fine step)")
-    cuda_graph_deformation: bool = setting(False, "replay the deformation field's forward and backward from CUDA "
+                                        "number of Gaussians (CUDA only; compiles at the first fine step; needs "
+                                        "cuda_graph_deformation=false)")
+    # on an H200 1.8 / 1.9 ms less a step, alternated in one process (benchmarks/bench_train_step.py)
+    cuda_graph_deformation: bool = setting(True, "replay the deformation field's forward and backward from CUDA "
                                            "graphs in training steps, one pair per number of Gaussians (CUDA only; "
-                                           "the same kernels as eager; not with compile_deformation)")
+                                           "the same kernels as eager; set it false to use compile_deformation)")
     compile_regularizers: bool = setting(True, "torch.compile the HexPlane regularizers: about 190 small ops a "
                                          "step, forward and backward, in a few fused kernels (CUDA only; "
                                          "compiles at the first fine step: about 1 s from inductor's cache)")
