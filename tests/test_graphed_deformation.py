@@ -89,6 +89,22 @@ def test_a_new_number_of_gaussians_drops_the_old_graphs():
     assert [key[0][0][0] for key in graphed.graphs] == [9]
 
 
+def test_a_replaced_parameter_drops_the_graphs():
+    field, recorder = small_field(), Recorder()
+    graphed = GraphedDeformation(field, capture=recorder)
+    inputs = gaussians(5)[:3]
+    times = torch.tensor([0.5])
+    graphed(*inputs, None, times)
+    graphed.begin_step()
+    graphed(*inputs, None, times)
+    assert len(recorder.calls) == 1
+    state = {k: v.clone() for k, v in field.state_dict().items()}
+    field.load_state_dict(state, assign=True)  # new tensors: a graph would still read the old ones
+    graphed.begin_step()
+    graphed(*inputs, None, times)
+    assert len(recorder.calls) == 2 and len(graphed.graphs) == 1
+
+
 def test_calls_without_a_gradient_run_eagerly():
     recorder = Recorder()
     graphed = GraphedDeformation(small_field(), capture=recorder)

@@ -16,6 +16,8 @@ Rules, each for a reason:
 * A graph's outputs and gradients live in static buffers that its next replay overwrites, so each
   graph serves ONE call per training step (:meth:`GraphedDeformation.begin_step` starts a step); a
   second call of the same shape in that step runs eagerly.
+* The graphs read the field's parameters where they were at capture: when one is replaced
+  (``load_state_dict(assign=True)``, a new tensor) every graph is dropped and captured again.
 * A failed capture warns once and turns graphing off (eager from then on): it is an optimization
   and must not end a run.
 """
@@ -62,6 +64,7 @@ class GraphedDeformation:
         self.capture = capture if capture is not None else torch.cuda.make_graphed_callables
         self.graphs: dict[tuple, Callable[..., tuple[Tensor, ...]]] = {}
         self.used: set[tuple] = set()  # graphs replayed since begin_step
+        self.parameter_storage: tuple[int, ...] = ()  # where the field's parameters were at the captures
         self.enabled = True
         self.captures = 0  # graph pairs captured so far (a count for logs and tests)
 
@@ -75,6 +78,10 @@ class GraphedDeformation:
         inputs = (means, log_scales, quats, times) + ((opacity_logits,) if use_opacity else ())
         if not (self.enabled and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
             return self.field(means, log_scales, quats, opacity_logits, times)
+        storage = tuple(p.data_ptr() for p in self.field.parameters())
+        if storage != self.parameter_storage:  # a parameter was replaced: the graphs would read the old one
+            self.graphs.clear()
+            self.parameter_storage = storage
         key = tuple((tuple(x.shape), x.dtype, x.requires_grad) for x in inputs)
         if key in self.used:  # its static outputs still feed this step's backward
             return self.field(means, log_scales, quats, opacity_logits, times)
@@ -90,7 +97,7 @@ class GraphedDeformation:
 
     def _capture(self, key: tuple, inputs: tuple[Tensor, ...]):
         num_gaussians = key[0][0][0]
-        # densification changed the number of Gaussians: the old sizes will not come back
+        # densification changed the number of Gaussians: the old sizes are unlikely to come back
         for old in [k for k in self.graphs if k[0][0][0] != num_gaussians]:
             del self.graphs[old]
         samples = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
