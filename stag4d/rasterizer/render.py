@@ -130,11 +130,9 @@ def render_batch(gaussians: Sequence[GaussianParams], cameras: Sequence[Camera],
         _check_gaussians(first)
         for c, bg in zip(cameras, backgrounds):
             _check_view(c, bg)
-        choice = _pick(backend, first)
-        if choice == "gsplat":
-            return render_gsplat_batch(gaussians, cameras, backgrounds, scale_modifier)
-        gaussians = list(gaussians)
-        choices = {choice}
+        choices = {_pick(backend, first)}
+        if choices != {"gsplat"}:  # only gsplat takes the batch as it is; the others take the sets
+            gaussians = list(gaussians)
     else:
         for g, c, bg in zip(gaussians, cameras, backgrounds):
             _check_inputs(g, c, bg)
