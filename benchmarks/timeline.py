@@ -40,11 +40,7 @@ def idle_report(events: list[dict], steps: int, phases: list[str], rows: int = 1
         return "no device kernels in the trace"
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("ph") == "X" and e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})}
-    wanted = set(phases)
-    spans = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
-                    if e.get("ph") == "X" and e.get("cat") == "user_annotation" and e["name"] in wanted),
-                   key=lambda s: (s[0], -s[1]))
-    starts = [s[0] for s in spans]
+    spans, starts = _phase_spans(events, phases)
     host_ms: dict[str, float] = defaultdict(float)
     for begin, end, name in spans:
         host_ms[name] += (end - begin) / 1000.0
@@ -93,6 +89,15 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
               "cuMemcpyDtoH_v2", "cuMemcpyHtoD", "cuMemcpyHtoD_v2")
 
 
+def _phase_spans(events: list[dict], phases: list[str]) -> tuple[list[tuple[float, float, str]], list[float]]:
+    """The ``phases`` annotations as (start, end, name) sorted by start, outer first, and their starts."""
+    wanted = set(phases)
+    spans = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                    if e.get("ph") == "X" and e.get("cat") == "user_annotation" and e["name"] in wanted),
+                   key=lambda s: (s[0], -s[1]))
+    return spans, [s[0] for s in spans]
+
+
 def _innermost(spans: list[tuple[float, float, str]], starts: list[float], ts: float, default: str) -> str:
     """The name of the innermost span (sorted by start, outer first) holding ``ts``: walking back
     from the last one that starts by ``ts``, the first that still covers it (spans nest, so it
@@ -119,11 +124,7 @@ def sync_report(events: list[dict], steps: int, phases: list[str], rows: int = 1
     for spans in ops.values():
         spans.sort(key=lambda s: (s[0], -s[1]))  # an op and the first op inside it may start together
     op_starts = {key: [s[0] for s in spans] for key, spans in ops.items()}
-    wanted = set(phases)
-    phase_spans = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
-                          if e.get("ph") == "X" and e.get("cat") == "user_annotation" and e["name"] in wanted),
-                         key=lambda s: (s[0], -s[1]))
-    phase_starts = [s[0] for s in phase_spans]
+    phase_spans, phase_starts = _phase_spans(events, phases)
     count: dict[tuple[str, str, str], int] = defaultdict(int)
     wait_ms: dict[tuple[str, str, str], float] = defaultdict(float)
     for e in events:
