@@ -190,6 +190,11 @@ class OutputConfig:
 # small helpers
 
 
+def _seconds_split(parts: Optional[dict[str, float]]) -> str:
+    """`` (a 1.2 s, b 3.4 s)`` for a log line; empty without parts."""
+    return f" ({', '.join(f'{part} {s:.1f} s' for part, s in parts.items())})" if parts else ""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -465,8 +470,7 @@ class Trainer:
         if self.guidance is None:
             start = time_module.perf_counter()
             self.guidance = self._load_guidance()
-            parts = getattr(self.guidance, "load_seconds", None) or {}
-            split = f" ({', '.join(f'{part} {s:.1f} s' for part, s in parts.items())})" if parts else ""
+            split = _seconds_split(getattr(self.guidance, "load_seconds", None))
             print(f"loaded the Zero123 guidance in {time_module.perf_counter() - start:.1f} s{split}", file=sys.stderr,
                   flush=True)
         warm_up = getattr(self.guidance, "warm_up", None)
@@ -478,7 +482,7 @@ class Trainer:
                   "inductor's cache after that; guidance_compile=false skips it)", file=sys.stderr, flush=True)
         parts = warm_up(self.cfg.train.batch_size) or {}
         torch.cuda.synchronize(self.device)
-        split = f" ({', '.join(f'{part} {s:.1f} s' for part, s in parts.items())})" if parts else ""
+        split = _seconds_split(parts)
         print(f"guidance ready for the first step in {time_module.perf_counter() - start:.1f} s{split}",
               file=sys.stderr, flush=True)
 
