@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("model", "blocks")
 TIMESTEP_ROUNDINGS = ("round", "truncate")
 CLIP_PREPROCESSING = ("torch", "processor")
 VAE_ATTENTION = ("sdpa", "matmul")
@@ -49,6 +50,10 @@ class GuidanceConfig:
     guidance_cudnn_benchmark: bool = setting(True, "let cuDNN time its convolution algorithms on the first call of "
                                              "each shape and keep the fastest (a process-wide switch)")
     guidance_compile_mode: str = setting("default", "torch.compile mode when guidance_compile", choices=COMPILE_MODES)
+    guidance_compile_scope: str = setting("model", "what guidance_compile compiles: model (the UNet and the VAE "
+                                          "encoder, each whole) or blocks (their ResNet and attention blocks, each "
+                                          "block shape traced once: a shorter start-up, the code between the blocks "
+                                          "eager)", choices=COMPILE_SCOPES)
     guidance_vae_attention: str = setting("matmul", "the VAE's single-head attention on CUDA (head size 512: no "
                                           "flash kernel; SDPA's memory-efficient backward took 1.5 ms a step on an "
                                           "H200): matmul (diffusers' AttnProcessor: two matmuls, softmax in fp32; "

@@ -29,6 +29,7 @@ Conventions (as the released code):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -47,10 +48,11 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from stag4d.compiled_regions import compile_regions
 from stag4d.errors import ModelUnavailable
 from stag4d.files import write_text
 
-from . import DEFAULT_ZERO123_MODEL, VAE_ATTENTION, GuidanceConfig
+from . import COMPILE_SCOPES, DEFAULT_ZERO123_MODEL, VAE_ATTENTION, GuidanceConfig
 from .schedule import timestep_window
 
 IMAGE_SIZE = 256  # Zero123 works on 256x256 images (32x32 latents)
@@ -361,6 +363,34 @@ def set_vae_attention(vae, kind: str) -> None:
     vae.set_attn_processor(AttnProcessor() if kind == "matmul" else AttnProcessor2_0())
 
 
+def unet_regions(unet) -> list:
+    """The UNet's repeated blocks, what ``guidance_compile_scope=blocks`` compiles: its ResNet blocks
+    and its attention blocks (``Transformer2DModel``: norm, projections and transformer layers)."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    return [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, Transformer2DModel))]
+
+
+def encoder_regions(vae) -> list:
+    """The VAE encoder's ResNet blocks and its mid-block attention (the decoder never runs in the SDS)."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    return [m for m in vae.encoder.modules() if isinstance(m, (ResnetBlock2D, Attention))]
+
+
+class _CompiledBlocks:
+    """A call of ``function`` whose blocks are compiled in place: a callable of its own, so that
+    :meth:`Zero123Guidance._eager_or_compiled` tells it from the eager one."""
+
+    def __init__(self, function: Any):
+        self.function = function
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+
 class GraphedEncoder:
     """The VAE posterior moments, forward AND backward replayed from CUDA graphs, one pair per shape.
 
@@ -456,6 +486,9 @@ class Zero123Guidance:
         self.unet_forward = self.unet  # replaced by a compiled version in optimize()
         self.vae_moments = self.posterior_moments  # likewise
         self.memory_format = torch.contiguous_format
+        # set by optimize(compile=True, compile_scope="blocks"): the blocks compiled in place, by the
+        # name of the call they serve (given back their eager calls when that call fails)
+        self.compiled_regions: dict[str, list] = {}
         self.graphed_unet: Optional[GraphedUNet] = None  # set by optimize(cuda_graph=True)
         self.graphed_encoder: Optional[GraphedEncoder] = None  # set by optimize(cuda_graph_vae=True)
         # Set by prepare(): per frame, slot 0 = reference, slot 1 + k = anchor k.
@@ -486,26 +519,33 @@ class Zero123Guidance:
         config: the timestep window is read from it)."""
         self.cfg = cfg
         self.optimize(channels_last=cfg.guidance_channels_last, compile=cfg.guidance_compile,
-                      compile_mode=cfg.guidance_compile_mode, cuda_graph=cfg.guidance_cuda_graph,
+                      compile_mode=cfg.guidance_compile_mode, compile_scope=cfg.guidance_compile_scope,
+                      cuda_graph=cfg.guidance_cuda_graph,
                       cuda_graph_vae=cfg.guidance_cuda_graph_vae, cudnn_benchmark=cfg.guidance_cudnn_benchmark,
                       vae_attention=cfg.guidance_vae_attention)
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
-                 cuda_graph: bool = False, cuda_graph_vae: bool = False, cudnn_benchmark: bool = False,
+                 compile_scope: str = "model", cuda_graph: bool = False, cuda_graph_vae: bool = False, cudnn_benchmark: bool = False,
                  vae_attention: str = "sdpa") -> None:
         """Speed options, all CUDA only (inert on the CPU).
 
         ``channels_last``: that memory format for the UNet and the VAE. ``compile``: torch.compile
-        (``compile_mode``) of the UNet and of the VAE encoder, forward and backward; the first call
-        compiles (see ``GuidanceConfig.guidance_compile``), and a failing compiled call warns and
-        runs eagerly. ``cuda_graph``: the UNet forward
+        (``compile_mode``) of the UNet and of the VAE encoder, forward and backward, each whole
+        (``compile_scope="model"``) or their blocks (``"blocks"``: :func:`unet_regions`,
+        :func:`encoder_regions`); the first call compiles (see ``GuidanceConfig.guidance_compile``),
+        and a failing compiled call warns and runs eagerly. ``cuda_graph``: the UNet forward
         replayed from a CUDA graph (the kernels of eager mode, or of the compiled UNet when both are
         set). ``cuda_graph_vae``: the VAE encoder's forward and backward likewise.
         ``cudnn_benchmark``: cuDNN times its convolution algorithms once per shape (before a graph
         captures them) and keeps the fastest. ``vae_attention``: see :func:`set_vae_attention`.
         Every call sets every option, so a second call undoes what the first turned on (the memory
         format included)."""
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile scope {compile_scope!r}: use one of {', '.join(COMPILE_SCOPES)}")
         on_cuda = self.device.type == "cuda"
+        for regions in self.compiled_regions.values():
+            compile_regions(regions, compile=False)
+        self.compiled_regions = {}
         set_vae_attention(self.vae, vae_attention if on_cuda else "sdpa")
         self.memory_format = torch.channels_last if channels_last and on_cuda else torch.contiguous_format
         self.unet.to(memory_format=self.memory_format)
@@ -515,8 +555,14 @@ class Zero123Guidance:
             torch.backends.cudnn.benchmark = cudnn_benchmark
         if compile and on_cuda:
             mode = None if compile_mode in ("", "default") else compile_mode
-            self.unet_forward = torch.compile(self.unet, mode=mode)
-            self.vae_moments = torch.compile(self.posterior_moments, mode=mode)
+            if compile_scope == "model":
+                self.unet_forward = torch.compile(self.unet, mode=mode)
+                self.vae_moments = torch.compile(self.posterior_moments, mode=mode)
+            else:
+                self.compiled_regions = {"unet_forward": compile_regions(unet_regions(self.unet), mode=mode),
+                                         "vae_moments": compile_regions(encoder_regions(self.vae), mode=mode)}
+                self.unet_forward = _CompiledBlocks(self.unet)
+                self.vae_moments = _CompiledBlocks(self.posterior_moments)
         self.graphed_unet = GraphedUNet(self.unet_forward) if cuda_graph and on_cuda else None
         self.graphed_encoder = GraphedEncoder(self.vae_moments) if cuda_graph_vae and on_cuda else None
 
@@ -542,14 +588,18 @@ class Zero123Guidance:
         """
         clips, latents = [], []
         starts = range(0, images.shape[0], chunk)
-        # a bar on a terminal only: in a log it is carriage-return noise
-        for start in tqdm(starts, desc="zero123 embed", leave=False,
-                          disable=len(starts) <= 4 or not sys.stderr.isatty()):
-            x = resize_square(images[start : start + chunk].to(self.device, torch.float32))
-            pixels = self._clip_pixels(x).to(self.dtype)
-            clips.append(self.image_encoder(pixel_values=pixels).image_embeds)
-            posterior = self.vae.encode((x * 2.0 - 1.0).to(self.dtype)).latent_dist
-            latents.append(posterior.sample(generator))
+        # once per run, eagerly as with a whole-model compile: compiled VAE blocks would compile
+        # again for these shapes
+        eager = torch.compiler.set_stance("force_eager") if self.compiled_regions else contextlib.nullcontext()
+        with eager:
+            # a bar on a terminal only: in a log it is carriage-return noise
+            for start in tqdm(starts, desc="zero123 embed", leave=False,
+                              disable=len(starts) <= 4 or not sys.stderr.isatty()):
+                x = resize_square(images[start : start + chunk].to(self.device, torch.float32))
+                pixels = self._clip_pixels(x).to(self.dtype)
+                clips.append(self.image_encoder(pixel_values=pixels).image_embeds)
+                posterior = self.vae.encode((x * 2.0 - 1.0).to(self.dtype)).latent_dist
+                latents.append(posterior.sample(generator))
         return torch.cat(clips), torch.cat(latents)
 
     def _clip_pixels(self, images: torch.Tensor) -> torch.Tensor:
@@ -638,6 +688,7 @@ class Zero123Guidance:
             warnings.warn(f"guidance_compile: the compiled {name} failed ({type(err).__name__}: {summary}); "
                           "eager from now on (guidance_compile=false skips the attempt)")
             setattr(self, name, eager)
+            compile_regions(self.compiled_regions.pop(name, []), compile=False)
             return eager(*args, **kwargs)
 
     def posterior_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

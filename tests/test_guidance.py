@@ -334,6 +334,92 @@ def test_a_failing_compiled_network_falls_back_to_eager(own_prepared):
     assert guide.unet_forward is guide.unet and guide.vae_moments == guide.posterior_moments
 
 
+def test_compile_scope_blocks_picks_the_unet_and_encoder_blocks():
+    """guidance_compile_scope=blocks compiles the UNet's ResNet and attention blocks and the VAE
+    encoder's, never one inside another (a block would be traced twice) and nothing of the decoder."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from guidance.zero123 import encoder_regions, unet_regions
+
+    parts = build_tiny_components()
+    unet, encoder = unet_regions(parts.unet), encoder_regions(parts.vae)
+    assert {type(m) for m in unet} == {ResnetBlock2D, Transformer2DModel}
+    assert {type(m) for m in encoder} == {ResnetBlock2D, Attention}
+    assert len(unet) == sum(isinstance(m, (ResnetBlock2D, Transformer2DModel)) for m in parts.unet.modules())
+    in_encoder = {id(m) for m in parts.vae.encoder.modules()}
+    assert all(id(m) in in_encoder for m in encoder) and len(encoder) > 2
+    for regions in (unet, encoder):
+        chosen = {id(m) for m in regions}
+        assert not any(id(inner) in chosen for m in regions for inner in list(m.modules())[1:])
+
+
+def test_compile_regions_compiles_in_place_and_gives_the_eager_calls_back():
+    import torch._dynamo
+
+    from stag4d.compiled_regions import compile_regions, is_compiled
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
+    chosen = compile_regions([model[0], model[2]])
+    assert [is_compiled(m) for m in model] == [True, False, True] and not is_compiled(model)
+    limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
+    assert limit >= 8
+    compile_regions(chosen, compile=False)
+    assert not any(is_compiled(m) for m in model)
+
+
+def test_compile_scope_is_inert_on_the_cpu_and_checked(own_prepared):
+    guide = own_prepared
+    eager = _sds_of_two(guide)
+    guide.optimize(compile=True, compile_scope="blocks")
+    assert guide.compiled_regions == {} and guide.unet_forward is guide.unet
+    assert _sds_of_two(guide).item() == eager.item()
+    with pytest.raises(ValueError, match="compile scope 'layers'"):
+        guide.optimize(compile=True, compile_scope="layers")
+
+
+def _raising_backend(graph, example_inputs):
+    raise RuntimeError("backend='inductor' raised:\nRuntimeError: Cannot find a working triton installation")
+
+
+def test_a_failing_compiled_block_gives_its_blocks_back_to_eager(own_prepared):
+    """With guidance_compile_scope=blocks a compile failure surfaces in a block; the call falls back
+    as a whole-model compile does, and that call's blocks get their eager calls back (else the eager
+    retry would fail in them again). The blocks of the other call stay compiled."""
+    from guidance.zero123 import _CompiledBlocks, encoder_regions, unet_regions
+    from stag4d.compiled_regions import is_compiled
+
+    guide = own_prepared
+    eager = _sds_of_two(guide)
+    unet_blocks, encoder_blocks = unet_regions(guide.unet), encoder_regions(guide.vae)
+    for block in unet_blocks:
+        block.compile(backend=_raising_backend)
+    guide.compiled_regions = {"unet_forward": unet_blocks, "vae_moments": encoder_blocks}
+    guide.unet_forward = _CompiledBlocks(guide.unet)
+    with pytest.warns(UserWarning, match="compiled unet_forward failed .*Cannot find a working triton"):
+        loss = _sds_of_two(guide)
+    assert loss.item() == eager.item()
+    assert guide.unet_forward is guide.unet and not any(is_compiled(b) for b in unet_blocks)
+    assert list(guide.compiled_regions) == ["vae_moments"]
+
+
+def test_embedding_runs_the_compiled_blocks_eagerly(own_prepared):
+    """prepare() embeds the conditions once per run: its VAE calls run eagerly even when the encoder's
+    blocks are compiled (a compile for those shapes would only cost start-up time). The blocks are
+    compiled with a backend that raises, so any compiled call would fail the test."""
+    from guidance.zero123 import encoder_regions
+
+    guide = own_prepared
+    before = guide.cond_latents.clone()
+    blocks = encoder_regions(guide.vae)
+    for block in blocks:
+        block.compile(backend=_raising_backend)
+    guide.compiled_regions = {"vae_moments": blocks}
+    _prepare(guide)
+    assert torch.equal(guide.cond_latents, before)
+
+
 def test_camera_code():
     from guidance.zero123 import camera_code
 

@@ -132,6 +132,24 @@ def test_compiled_step_equals_plain_step_cuda(tmp_path):
 
 
 @pytest.mark.cuda
+def test_block_compiled_step_equals_plain_step_cuda(tmp_path):
+    """``guidance_compile_scope=blocks``: the UNet's and the VAE encoder's blocks compiled in place
+    (the defaults' other options on), the same bar as the whole-model compile above."""
+    from stag4d.compiled_regions import is_compiled
+
+    gpu = ["device=cuda", "backend=gsplat"]
+    plain = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + PLAIN))
+    fast = run_steps(tiny_config(tmp_path, "stag4d.yaml", gpu + GRAPHS + [
+        "guidance_compile=true", "guidance_compile_scope=blocks", "guidance_channels_last=true",
+        "guidance_cudnn_benchmark=true", "guidance_vae_attention=matmul"]))
+    guide = fast[2].guidance
+    assert sorted(guide.compiled_regions) == ["unet_forward", "vae_moments"]
+    assert all(is_compiled(block) for blocks in guide.compiled_regions.values() for block in blocks)
+    assert guide.graphed_unet is not None and len(guide.graphed_unet.graphs) == 1
+    assert_same_step(plain, fast, later_grad_tolerance=2e-2, grad_tolerance=1e-2)
+
+
+@pytest.mark.cuda
 def test_matmul_vae_attention_step_equals_plain_step_cuda(tmp_path):
     """``guidance_vae_attention=matmul`` with the default speed options: the VAE's attention by two
     matmuls and an fp32 softmax instead of SDPA's kernels (other fp16 rounding, so the compiled

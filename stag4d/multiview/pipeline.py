@@ -51,6 +51,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from stag4d.compiled_regions import compile_regions
 from stag4d.errors import ModelUnavailable
 
 from .attention import READ, WRITE, install_reference_attention
@@ -205,25 +206,12 @@ def compile_unet_blocks(unet, compile: bool = True) -> list:
     every step. What compiles is the rest, where inductor fuses the group norms and SiLUs of the
     ResNet blocks and the GEGLU of the feed-forward layers, elementwise passes over activations of
     up to [16, 320, 120, 80] at a batch of 8 frames. Blocks of the same shapes share one compiled
-    graph; dynamo's recompile limit is raised with the number of blocks so that none falls back."""
+    graph (:func:`stag4d.compiled_regions.compile_regions`)."""
     from diffusers.models.attention import FeedForward
     from diffusers.models.resnet import ResnetBlock2D
 
     blocks = [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward))]
-    if compile:
-        import torch._dynamo
-
-        # per block: two input sizes (the reference pass, the main pass) in up to two memory formats
-        limit = 4 * len(blocks)
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
-    for block in blocks:
-        if compile:
-            block.compile(dynamic=False)
-        else:
-            block._compiled_call_impl = None
-    return blocks
+    return compile_regions(blocks, compile)
 
 
 class Zero123PlusPipeline:
