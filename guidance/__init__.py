@@ -42,18 +42,19 @@ class GuidanceConfig:
     # Speed options (CUDA only; the same results within fp16 rounding: tests/test_train_speed.py).
     # Measured on an H200 (benchmarks/bench_train_step.py): 41.1 -> 32.1 ms per step (compile, channels-last,
     # cuDNN benchmark); then 33.0 / 35.5 -> 31.4 / 29.5 ms with the matmul VAE attention and the compiled
-    # regularizers (alternated).
+    # regularizers (alternated); 26.4 / 25.8 -> 25.3 / 24.0 ms with guidance_compile_scope=blocks (alternated).
     guidance_compile: bool = setting(True, "torch.compile the UNet and the VAE encoder (at start-up: ~80 s the "
-                                     "first time on a machine, ~15 s from inductor's cache after that)")
+                                     "first time on a machine, ~13 s from inductor's cache after that)")
     guidance_channels_last: bool = setting(True, "channels-last memory format of the UNet and the VAE (alone, "
                                            "without guidance_compile, it is slower)")
     guidance_cudnn_benchmark: bool = setting(True, "let cuDNN time its convolution algorithms on the first call of "
                                              "each shape and keep the fastest (a process-wide switch)")
     guidance_compile_mode: str = setting("default", "torch.compile mode when guidance_compile", choices=COMPILE_MODES)
-    guidance_compile_scope: str = setting("model", "what guidance_compile compiles: model (the UNet and the VAE "
-                                          "encoder, each whole) or blocks (their ResNet and attention blocks, each "
-                                          "block shape traced once: a shorter start-up, the code between the blocks "
-                                          "eager)", choices=COMPILE_SCOPES)
+    guidance_compile_scope: str = setting("blocks", "what guidance_compile compiles: blocks (the UNet's and the VAE "
+                                          "encoder's ResNet and attention blocks, in place; each block shape is "
+                                          "traced once, the code between the blocks stays eager) or model (each "
+                                          "whole). H200: blocks 1 to 2 ms a step faster, main.py's default run "
+                                          "241.6 against 247.6 s", choices=COMPILE_SCOPES)
     guidance_vae_attention: str = setting("matmul", "the VAE's single-head attention on CUDA (head size 512: no "
                                           "flash kernel; SDPA's memory-efficient backward took 1.5 ms a step on an "
                                           "H200): matmul (diffusers' AttnProcessor: two matmuls, softmax in fp32; "

@@ -27,8 +27,10 @@ PLAIN = ["guidance_cuda_graph=false", "guidance_cuda_graph_vae=false", "fused_ad
 FAST = GRAPHS + NOT_COMPILED + SEPARATE_RENDERS
 # the defaults (the graphs, torch.compile of the guidance, its convolution options, the VAE attention
 # by matmuls, the HexPlane regularizers compiled, one rasterizer call for both view kinds) and the
-# deformation field compiled too (instead of graphed: the two exclude each other)
-COMPILED = GRAPHS + ["guidance_compile=true", "guidance_channels_last=true", "guidance_cudnn_benchmark=true",
+# deformation field compiled too (instead of graphed: the two exclude each other); the guidance
+# compiled whole (its blocks, the default scope, have a test of their own)
+COMPILED = GRAPHS + ["guidance_compile=true", "guidance_compile_scope=model", "guidance_channels_last=true",
+                     "guidance_cudnn_benchmark=true",
                      "guidance_vae_attention=matmul", "compile_regularizers=true", "compile_deformation=true",
                      "cuda_graph_deformation=false"]
 
