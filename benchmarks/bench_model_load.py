@@ -112,10 +112,12 @@ def main() -> int:
     results: dict[str, list[dict]] = {name: [] for name in rows}
     for _ in range(args.repeats):
         for name, (kind, folder, settings) in rows.items():
-            results[name].append(measure(kind, folder, args.device, settings, args.warm_up if kind == "guidance" else 0))
+            warm_up = args.warm_up if kind == "guidance" else 0
+            results[name].append(measure(kind, folder, args.device, settings, warm_up))
     print(f"device {args.device}, median of {args.repeats} fresh processes per row"
           + (f", guidance warm-up at batch {args.warm_up}" if args.warm_up else ""))
-    print("| row | imports s | CUDA start s | load s | warm-up s | process wall s | components, warm-up parts (median row) |")
+    print("| row | imports s | CUDA start s | load s | warm-up s | process wall s "
+          "| components, warm-up parts (median row) |")
     print("|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         runs = sorted(runs, key=lambda r: r["load"] + r["warm_up"])

@@ -525,8 +525,8 @@ class Zero123Guidance:
                       vae_attention=cfg.guidance_vae_attention)
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
-                 compile_scope: str = "model", cuda_graph: bool = False, cuda_graph_vae: bool = False, cudnn_benchmark: bool = False,
-                 vae_attention: str = "sdpa") -> None:
+                 compile_scope: str = "model", cuda_graph: bool = False, cuda_graph_vae: bool = False,
+                 cudnn_benchmark: bool = False, vae_attention: str = "sdpa") -> None:
         """Speed options, all CUDA only (inert on the CPU).
 
         ``channels_last``: that memory format for the UNet and the VAE. ``compile``: torch.compile
