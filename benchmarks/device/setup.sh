@@ -58,9 +58,11 @@ pack_inductor() {  # after the benchmarks: inductor's cache as one file, $OUT/in
   tar -c .built/inductor | xz -9 -T0 > "$OUT/inductor.txz" && ls -la "$OUT/inductor.txz"  # -9: 7 MB (-6: 11)
 }
 if [ "${PACK:-0}" = 1 ] && [ -n "${OUT:-}" ]; then
-  # without inductor's cache (pack_inductor) and gsplat's copy of glm's docs and tests (20 MB that
-  # no build reads): 27 MiB, so that the builds, inductor's cache and the data fit one 64 MiB carry
-  pack built --exclude=.built/inductor --exclude='*/third_party/glm/doc' --exclude='*/third_party/glm/test' .built
+  # without inductor's cache (pack_inductor), gsplat's copy of glm's docs and tests (20 MB that no
+  # build reads) and simple-knn (built again beside the model folders): 27 MiB, so that the builds,
+  # inductor's cache (15 MiB) and the data (19 MiB) fit one 64 MiB carry with the repository
+  pack built --exclude=.built/inductor --exclude='*/third_party/glm/doc' --exclude='*/third_party/glm/test' \
+    --exclude=.built/site/simple_knn .built
   du -sh .built/* 2>/dev/null; ls -la "$OUT"
 fi
 python3 -c "import torch, gsplat, diffusers; print('setup: torch', torch.__version__, 'gsplat', gsplat.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())"
