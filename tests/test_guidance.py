@@ -355,7 +355,7 @@ def test_compile_scope_blocks_picks_the_unet_and_encoder_blocks():
         assert not any(id(inner) in chosen for m in regions for inner in list(m.modules())[1:])
 
 
-def test_compile_regions_compiles_in_place_and_gives_the_eager_calls_back(monkeypatch):
+def test_compile_regions_compiles_in_place_and_gives_the_eager_calls_back():
     """Only the modules given get a compiled call; dynamo's recompile limit (shared by every block,
     one code object) is raised to 4 graphs a block; compile=False gives the eager calls back."""
     import torch._dynamo
@@ -363,11 +363,13 @@ def test_compile_regions_compiles_in_place_and_gives_the_eager_calls_back(monkey
     from stag4d.compiled_regions import compile_regions, is_compiled
 
     name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(torch._dynamo.config, name, 1)
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
-    chosen = compile_regions([model[0], model[2]])
+    # dynamo's own patch, which puts the limit back afterwards (pytest's monkeypatch would delete
+    # the key from dynamo's config module on undo)
+    with torch._dynamo.config.patch(**{name: 1}):
+        chosen = compile_regions([model[0], model[2]])
+        assert getattr(torch._dynamo.config, name) == 8
     assert [is_compiled(m) for m in model] == [True, False, True] and not is_compiled(model)
-    assert getattr(torch._dynamo.config, name) == 8
     compile_regions(chosen, compile=False)
     assert not any(is_compiled(m) for m in model)
 
