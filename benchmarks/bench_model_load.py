@@ -15,8 +15,9 @@ classes' own modules, which diffusers and transformers import on first use), eac
   weighted component's read, the move to the device and the speed options (``load_seconds``);
   with ``--warm-up B`` also the guidance's warm-up as main.py runs it before its first step (a
   step's shapes at batch B: torch.compile from inductor's cache, the CUDA-graph captures), with
-  the seconds of its parts. ``--guidance-variant "NAME: guidance_compile_scope=blocks"`` adds a
-  row of the guidance with those settings (GuidanceConfig keys), alternated with the others.
+  the seconds of its parts. ``--guidance-variant "NAME: guidance_compile_scope=model"`` adds a
+  row of the guidance with those settings (main.py's keys, read from configs/stag4d.yaml as
+  main.py reads them), alternated with the others.
 
 The rows alternate within each repeat; the model files are read once before the first timed row
 (warm page cache, as right after writing or downloading them). Median over ``--repeats``; the
@@ -32,6 +33,9 @@ import subprocess
 import sys
 import time
 
+from timing import parse_variant
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the probe's cwd
 PROBE = r"""
 import json, sys, time
 begin = time.perf_counter()
@@ -47,7 +51,7 @@ warm_parts = {}
 if sys.argv[1] == "guidance":
     from guidance import GuidanceConfig, load_guidance
     settings, warm_up_batch = json.loads(sys.argv[4]), int(sys.argv[5])
-    guide = load_guidance(GuidanceConfig(zero123_model=sys.argv[3], **settings), device)
+    guide = load_guidance(GuidanceConfig(**settings), device)
     parts = guide.load_seconds
 else:
     from stag4d.multiview.pipeline import load_pipeline
@@ -66,8 +70,7 @@ print("RESULT " + json.dumps({"import": imported - begin, "cuda": started - impo
 def measure(kind: str, model: str, device: str, settings: dict, warm_up: int) -> dict:
     begin = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PROBE, kind, device, model, json.dumps(settings), str(warm_up)],
-                          capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - begin
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -103,10 +106,10 @@ def main() -> int:
     if args.zero123pp:
         rows["zero123pp"] = ("zero123pp", args.zero123pp, {})
     if args.zero123:
-        rows["zero123 guidance"] = ("guidance", args.zero123, {})
+        rows["zero123 guidance"] = ("guidance", args.zero123, guidance_settings(args.zero123, []))
         for text in args.guidance_variant:
-            name, settings = parse_variant(text)
-            rows[f"zero123 guidance, {name}"] = ("guidance", args.zero123, settings)
+            name, overrides = parse_variant(text, "--guidance-variant")
+            rows[f"zero123 guidance, {name}"] = ("guidance", args.zero123, guidance_settings(args.zero123, overrides))
     for folder in {folder for _, folder, _ in rows.values()}:
         read_files(folder)
     results: dict[str, list[dict]] = {name: [] for name in rows}
@@ -130,20 +133,18 @@ def main() -> int:
     return 0
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``"NAME: key=value ..."`` -> (NAME, {key: value}), each value read as YAML (true, 4, blocks)."""
-    import yaml
+def guidance_settings(model: str, overrides: list[str]) -> dict:
+    """main.py's guidance section (configs/stag4d.yaml with ``overrides``, read and checked as main.py
+    reads them) as a plain dict, for the probe process to build its GuidanceConfig from."""
+    from stag4d.config import load_config
+    from stag4d.settings import ConfigError, to_container
 
-    name, _, rest = text.partition(":")
-    if not name.strip() or not rest.strip():
-        sys.exit(f"error: --guidance-variant {text!r}: write it as 'NAME: KEY=VALUE ...'")
-    settings = {}
-    for item in rest.split():
-        key, sep, value = item.partition("=")
-        if not sep:
-            sys.exit(f"error: --guidance-variant {text!r}: {item!r} is not KEY=VALUE")
-        settings[key] = yaml.safe_load(value)
-    return name.strip(), settings
+    try:
+        cfg = load_config(os.path.join(ROOT, "configs", "stag4d.yaml"), [f"zero123_model={model}", *overrides],
+                          require_path=False)
+    except ConfigError as err:  # a wrong key or value, in one line
+        sys.exit(f"error: {err}")
+    return to_container(cfg.guidance)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import time
 
 import torch
 from timeline import idle_report, load_trace, sync_report
-from timing import PhaseTimer, percentile, time_calls
+from timing import PhaseTimer, parse_variant, percentile, time_calls
 
 from guidance.random_model import build_random_components
 from guidance.zero123 import Zero123Guidance
@@ -214,12 +214,6 @@ def sync_table(trainer, steps: int, rows: int) -> str:
     for key, count in sorted(counts.items(), key=lambda kv: -kv[1])[:rows]:
         lines.append(f"| {key} | {count / steps:.1f} |")
     return "\n".join(lines)
-
-
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    """"NAME: key=value key=value" -> (NAME, overrides)."""
-    name, _, rest = text.partition(":")
-    return name.strip(), rest.split()
 
 
 def run_full(args, guide, overrides: list[str], cuda: bool, startup_s: float) -> None:

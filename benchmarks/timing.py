@@ -1,9 +1,11 @@
 """Timing helpers shared by the benchmark scripts: per-call milliseconds after warm-up, percentiles,
-and per-phase times of a profiling pass (:class:`PhaseTimer`, hooked onto methods from outside)."""
+per-phase times of a profiling pass (:class:`PhaseTimer`, hooked onto methods from outside), and
+the ``"NAME: key=value ..."`` variants that scripts time side by side (:func:`parse_variant`)."""
 from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import time
 from collections import defaultdict
 from typing import Any, Callable, Iterator
@@ -35,6 +37,18 @@ def time_calls(fn: Callable[[], Any], cuda: bool, warmup: int, repeats: int) -> 
             result = fn()
             times.append((time.perf_counter() - begin) * 1e3)
     return times, result
+
+
+def parse_variant(text: str, option: str = "--variant") -> tuple[str, list[str]]:
+    """``"NAME: key=value ..."`` -> (NAME, the config overrides); a malformed one ends the script in one
+    line naming ``option`` (a missing colon would otherwise time the defaults under a wrong name)."""
+    name, colon, rest = text.partition(":")
+    overrides = rest.split()
+    bad = [item for item in overrides if "=" not in item]
+    if not colon or not name.strip() or bad:
+        sys.exit(f"error: {option} {text!r}: write it as 'NAME: KEY=VALUE ...'"
+                 + (f" ({bad[0]!r} is not KEY=VALUE)" if bad else ""))
+    return name.strip(), overrides
 
 
 def percentile(values: list[float], q: float) -> float:
