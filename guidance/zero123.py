@@ -380,17 +380,6 @@ def encoder_regions(vae) -> list:
     return [m for m in vae.encoder.modules() if isinstance(m, (ResnetBlock2D, Attention))]
 
 
-class _CompiledBlocks:
-    """A call of ``function`` whose blocks are compiled in place: a callable of its own, so that
-    :meth:`Zero123Guidance._eager_or_compiled` tells it from the eager one."""
-
-    def __init__(self, function: Any):
-        self.function = function
-
-    def __call__(self, *args, **kwargs):
-        return self.function(*args, **kwargs)
-
-
 class GraphedEncoder:
     """The VAE posterior moments, forward AND backward replayed from CUDA graphs, one pair per shape.
 
@@ -559,10 +548,9 @@ class Zero123Guidance:
                 self.unet_forward = torch.compile(self.unet, mode=mode)
                 self.vae_moments = torch.compile(self.posterior_moments, mode=mode)
             else:
+                # the calls stay the modules' own: their blocks are compiled in place
                 self.compiled_regions = {"unet_forward": compile_regions(unet_regions(self.unet), mode=mode),
                                          "vae_moments": compile_regions(encoder_regions(self.vae), mode=mode)}
-                self.unet_forward = _CompiledBlocks(self.unet)
-                self.vae_moments = _CompiledBlocks(self.posterior_moments)
         self.graphed_unet = GraphedUNet(self.unet_forward) if cuda_graph and on_cuda else None
         self.graphed_encoder = GraphedEncoder(self.vae_moments) if cuda_graph_vae and on_cuda else None
 
@@ -673,12 +661,13 @@ class Zero123Guidance:
         return SDSNoise(latent_eps, timesteps, noise)
 
     def _eager_or_compiled(self, name: str, *args, **kwargs):
-        """Call ``self.<name>`` (``unet_forward`` or ``vae_moments``); when it is a compiled version
-        and fails (no Triton, no C compiler, an unsupported op), warn once and run the eager one from
-        then on: ``guidance_compile`` is an optimization and must not end a run."""
+        """Call ``self.<name>`` (``unet_forward`` or ``vae_moments``); when it is a compiled version,
+        or its blocks are compiled (``compiled_regions``), and it fails (no Triton, no C compiler, an
+        unsupported op), warn once and run the eager one from then on: ``guidance_compile`` is an
+        optimization and must not end a run."""
         eager = {"unet_forward": self.unet, "vae_moments": self.posterior_moments}[name]
         function = getattr(self, name)
-        if function is eager:
+        if function is eager and name not in self.compiled_regions:
             return eager(*args, **kwargs)
         try:
             return function(*args, **kwargs)
