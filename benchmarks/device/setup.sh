@@ -8,7 +8,7 @@
 # .built/ when they are missing, and makes the random-weight model folders of the real
 # architectures in /tmp/models (kept while the machine stays warm; MODELS="z123xl" makes only
 # main.py's). inductor's cache is .built/inductor (torch.compile's kernels: a carried one makes a
-# fresh machine warm; about 200 MB, 7 MB as xz): a carried .carry/inductor.txz is unpacked when
+# fresh machine warm; 200 MB and more, 7 to 16 MB as xz): a carried .carry/inductor.txz is unpacked when
 # .built/inductor is missing. With PACK=1 it packs the builds (without inductor's cache) into
 # $OUT/built.tgz.NN (15 MB pieces, the limit of a file coming back); after the benchmarks have
 # filled inductor's cache, `pack_inductor` writes $OUT/inductor.txz. Here, in the repository root:
