@@ -18,6 +18,15 @@ Rules, each for a reason:
   second call of the same shape in that step runs eagerly.
 * The graphs read the field's parameters where they were at capture: when one is replaced
   (``load_state_dict(assign=True)``, a new tensor) every graph is dropped and captured again.
+* The capture sees the field's parameters as detached aliases (same memory, leaves of their own),
+  and each replay is handed the parameters themselves. The autograd nodes that accumulate a
+  parameter's gradient are then made by the step that uses them, on the step's stream. Captured
+  with the parameters themselves, the graphs' saved outputs would keep the nodes that
+  ``make_graphed_callables`` made on its side stream alive, and every replayed step would
+  accumulate each gradient across streams (an event and a wait each, and a warning).
+* Only the first capture warms up ``warmup`` times (the side stream's one-time set-up: handles,
+  workspaces, the autograd threads); a recapture for a new number of Gaussians warms up
+  ``recapture_warmup`` times.
 * A failed capture warns once and turns graphing off (eager from then on): it is an optimization
   and must not end a run.
 """
@@ -27,22 +36,26 @@ import warnings
 from typing import Any, Callable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from stag4d.gaussians.deformation import DeformationField, DeformationOutput
 
 
-class _FieldTensors(nn.Module):
-    """The field with tensors in and a tuple of tensors out (what a graphed callable takes); the
-    field is a submodule, so its parameters are this module's and receive their gradients."""
+class _FieldTensors:
+    """The field as a function of tensors only, its parameters included (what a graphed callable
+    takes): ``(means, log_scales, quats, times[, opacity_logits], *parameters)`` -> a tuple of
+    tensors. The parameters given are used in place of the field's own (``functional_call``)."""
 
-    def __init__(self, field: DeformationField):
-        super().__init__()
+    def __init__(self, field: DeformationField, num_inputs: int):
         self.field = field
+        self.num_inputs = num_inputs
+        self.names = [name for name, _ in field.named_parameters()]
 
-    def forward(self, means: Tensor, log_scales: Tensor, quats: Tensor, times: Tensor,
-                *opacity_logits: Tensor) -> tuple[Tensor, ...]:
-        out = self.field(means, log_scales, quats, opacity_logits[0] if opacity_logits else None, times)
+    def __call__(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        means, log_scales, quats, times, *opacity_logits = tensors[:self.num_inputs]
+        parameters = dict(zip(self.names, tensors[self.num_inputs:], strict=True))
+        out = torch.func.functional_call(
+            self.field, parameters, (means, log_scales, quats, opacity_logits[0] if opacity_logits else None, times))
         extra = (out.opacity_logits,) if out.opacity_logits is not None else ()
         return (out.means, out.log_scales, out.quats) + extra
 
@@ -54,13 +67,16 @@ class GraphedDeformation:
     Args:
         field: the deformation field (its parameters are read by the graphs, so they must be
             updated in place, as the optimizer does).
-        warmup: eager iterations on a side stream before each capture (CUDA graphs need them).
+        warmup: eager iterations on a side stream before the first capture (CUDA graphs need them).
+        recapture_warmup: the same before each later capture.
         capture: ``torch.cuda.make_graphed_callables`` (replaceable in tests).
     """
 
-    def __init__(self, field: DeformationField, warmup: int = 3, capture: Optional[Callable[..., Any]] = None):
+    def __init__(self, field: DeformationField, warmup: int = 3, recapture_warmup: int = 1,
+                 capture: Optional[Callable[..., Any]] = None):
         self.field = field
         self.warmup = warmup
+        self.recapture_warmup = recapture_warmup
         self.capture = capture if capture is not None else torch.cuda.make_graphed_callables
         self.graphs: dict[tuple, Callable[..., tuple[Tensor, ...]]] = {}
         self.used: set[tuple] = set()  # graphs replayed since begin_step
@@ -91,7 +107,7 @@ class GraphedDeformation:
             if graphed is None:
                 return self.field(means, log_scales, quats, opacity_logits, times)
         self.used.add(key)
-        out = graphed(*inputs)
+        out = graphed(*inputs, *self.field.parameters())
         return DeformationOutput(means=out[0], log_scales=out[1], quats=out[2],
                                  opacity_logits=out[3] if use_opacity else None)
 
@@ -101,9 +117,11 @@ class GraphedDeformation:
         for old in [k for k in self.graphs if k[0][0][0] != num_gaussians]:
             del self.graphs[old]
         samples = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
+        aliases = tuple(p.detach().requires_grad_(p.requires_grad) for p in self.field.parameters())
         try:
             # allow_unused_input: the opacity head's parameters get no gradient unless deform_opacity
-            graphed = self.capture(_FieldTensors(self.field), samples, num_warmup_iters=self.warmup,
+            graphed = self.capture(_FieldTensors(self.field, len(inputs)), samples + aliases,
+                                   num_warmup_iters=self.warmup if self.captures == 0 else self.recapture_warmup,
                                    allow_unused_input=True)
         except Exception as err:  # capture is an optimization: fall back to eager
             warnings.warn(f"cuda_graph_deformation: capture failed ({type(err).__name__}: {err}); eager deformation "
