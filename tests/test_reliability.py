@@ -366,6 +366,27 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_save(tmp_path, monkeypat
     trainer.close()
 
 
+def test_a_missing_video_writer_is_one_line_at_start_up_and_only_when_validations_need_it(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """Without imageio-ffmpeg (an H200 environment lacked it), the first validation's video failed on
+    the writer thread and the run died at its next save with a traceback. Now: a one-line error
+    before any data or model is loaded, and no error at all when no validation is asked for."""
+    from stag4d.training import cli
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # its import now raises ImportError
+    data = make_disc_dataset(tmp_path / "disc")
+    args = ["--config", ANCHORED, *TINY, f"path={data}", "save_path=disc", f"outdir={tmp_path / 'logs'}",
+            f"valid_dir={tmp_path / 'valid'}", "total_steps=2", "export_frames=false"]
+    with pytest.raises(SystemExit) as info:
+        cli.main(args + ["valid_interval=1"])
+    assert info.value.code == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "imageio-ffmpeg" in errors[0] and "pip install -r requirements.txt" in errors[0]
+    assert not (tmp_path / "logs" / "disc" / "losses.csv").exists()  # stopped before training
+    cli.main(args + ["valid_interval=0", "overwrite=true"])
+    assert runs.saved_steps(str(tmp_path / "logs" / "disc")) == [2]
+
+
 def test_a_really_full_small_disk(tmp_path):
     """A 2 MiB tmpfs, where this machine allows mounting one (root in a container may not)."""
     mount = tmp_path / "small"

@@ -44,10 +44,22 @@ _DEPTH_STOPS = np.array(
 
 
 def _imageio_ffmpeg():
-    """imageio-ffmpeg, which bundles the ffmpeg binary: imported when a video is written or read."""
-    import imageio_ffmpeg
+    """imageio-ffmpeg, which bundles the ffmpeg binary: imported when a video is written or read.
 
+    Raises:
+        VideoError: it is not installed (the fix in one line).
+    """
+    try:
+        import imageio_ffmpeg
+    except ImportError as err:
+        raise VideoError(f"videos are written and read through imageio-ffmpeg, which cannot be imported ({err}): "
+                         "pip install -r requirements.txt") from err
     return imageio_ffmpeg
+
+
+def require_videos() -> None:
+    """Raise :class:`VideoError` now (at start-up) if videos cannot be written later."""
+    _imageio_ffmpeg()
 
 
 class VideoError(UserError):
@@ -337,6 +349,7 @@ __all__ = [
     "pad_to_even",
     "quantize",
     "read_video",
+    "require_videos",
     "to_uint8",
     "video_info",
     "write_video",
