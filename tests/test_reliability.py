@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -366,14 +367,24 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_save(tmp_path, monkeypat
     trainer.close()
 
 
+def _no_ffmpeg_binary():
+    raise RuntimeError("No ffmpeg exe could be found. Install ffmpeg on your system, or set the IMAGEIO_FFMPEG_EXE "
+                       "environment variable.")  # imageio-ffmpeg's words, installed from its source package
+
+
+@pytest.mark.parametrize("module, words", [
+    (None, ["imageio-ffmpeg", "pip install -r requirements.txt"]),  # None: its import raises ImportError
+    (types.SimpleNamespace(get_ffmpeg_exe=_no_ffmpeg_binary), ["ffmpeg binary", "IMAGEIO_FFMPEG_EXE"]),
+], ids=["no imageio-ffmpeg", "no ffmpeg binary"])
 def test_a_missing_video_writer_is_one_line_at_start_up_and_only_when_validations_need_it(tmp_path, monkeypatch,
-                                                                                        capsys):
-    """Without imageio-ffmpeg (an H200 environment lacked it), the first validation's video failed on
-    the writer thread and the run died at its next save with a traceback. Now: a one-line error
-    before any data or model is loaded, and no error at all when no validation is asked for."""
+                                                                                        capsys, module, words):
+    """Without imageio-ffmpeg, or with it but no ffmpeg binary (an H200 environment had each), the
+    first validation's video failed on the writer thread and the run died at its next save with a
+    traceback. Now: a one-line error before any data or model is loaded, and no error at all when
+    no validation is asked for."""
     from stag4d.training import cli
 
-    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # its import now raises ImportError
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", module)
     data = make_disc_dataset(tmp_path / "disc")
     args = ["--config", ANCHORED, *TINY, f"path={data}", "save_path=disc", f"outdir={tmp_path / 'logs'}",
             f"valid_dir={tmp_path / 'valid'}", "total_steps=2", "export_frames=false"]
@@ -381,7 +392,7 @@ def test_a_missing_video_writer_is_one_line_at_start_up_and_only_when_validation
         cli.main(args + ["valid_interval=1"])
     assert info.value.code == 2
     errors = error_lines(capsys.readouterr().err)
-    assert len(errors) == 1 and "imageio-ffmpeg" in errors[0] and "pip install -r requirements.txt" in errors[0]
+    assert len(errors) == 1 and all(word in errors[0] for word in words), errors
     assert not (tmp_path / "logs" / "disc" / "losses.csv").exists()  # stopped before training
     cli.main(args + ["valid_interval=0", "overwrite=true"])
     assert runs.saved_steps(str(tmp_path / "logs" / "disc")) == [2]

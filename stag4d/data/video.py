@@ -57,9 +57,24 @@ def _imageio_ffmpeg():
     return imageio_ffmpeg
 
 
+def _ffmpeg_exe() -> str:
+    """The ffmpeg binary: imageio-ffmpeg's own, or the one that IMAGEIO_FFMPEG_EXE or the PATH names.
+
+    Raises:
+        VideoError: imageio-ffmpeg is missing or finds no binary (its source package bundles none).
+    """
+    imageio_ffmpeg = _imageio_ffmpeg()
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as err:
+        raise VideoError(f"videos are written and read through the ffmpeg binary, which imageio-ffmpeg cannot find "
+                         "(its source package bundles none): pip install --force-reinstall imageio-ffmpeg (the "
+                         "binary wheel), or set IMAGEIO_FFMPEG_EXE to an ffmpeg") from err
+
+
 def require_videos() -> None:
     """Raise :class:`VideoError` now (at start-up) if videos cannot be written later."""
-    _imageio_ffmpeg()
+    _ffmpeg_exe()
 
 
 class VideoError(UserError):
@@ -191,7 +206,7 @@ class VideoWriter:
 
 
         cmd = [
-            _imageio_ffmpeg().get_ffmpeg_exe(), "-y", "-loglevel", "error",
+            _ffmpeg_exe(), "-y", "-loglevel", "error",
             "-f", "rawvideo", "-vcodec", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
             "-r", f"{self.fps:g}", "-i", "-", "-an",
             "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", self.preset,
@@ -243,6 +258,7 @@ def write_video(path: str, frames: Sequence[np.ndarray] | np.ndarray, fps: float
 def read_video(path: str) -> np.ndarray:
     """Decode a video to uint8 frames [F, H, W, 3]."""
 
+    _ffmpeg_exe()  # a missing binary is not a bad video
     reader = _imageio_ffmpeg().read_frames(path, pix_fmt="rgb24")
     try:
         meta = next(reader)
@@ -256,6 +272,7 @@ def read_video(path: str) -> np.ndarray:
 def video_info(path: str) -> dict:
     """ffmpeg's view of a video: ``codec``, ``pix_fmt``, ``fps``, ``size`` (width, height), ``duration``."""
 
+    _ffmpeg_exe()  # a missing binary is not a bad video
     reader = _imageio_ffmpeg().read_frames(path, pix_fmt="rgb24")
     try:
         meta = next(reader)
