@@ -667,7 +667,8 @@ class Zero123Guidance:
         optimization and must not end a run."""
         eager = {"unet_forward": self.unet, "vae_moments": self.posterior_moments}[name]
         function = getattr(self, name)
-        if function is eager and name not in self.compiled_regions:
+        # ==, not is: each self.posterior_moments is a new bound method object
+        if function == eager and name not in self.compiled_regions:
             return eager(*args, **kwargs)
         try:
             return function(*args, **kwargs)

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the hub from the tes
 import json
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -332,6 +333,28 @@ def test_a_failing_compiled_network_falls_back_to_eager(own_prepared):
     assert sum("compiled vae_moments failed" in str(w.message) for w in record) == 1
     assert loss.item() == eager.item()
     assert guide.unet_forward is guide.unet and guide.vae_moments == guide.posterior_moments
+
+
+def test_an_eager_network_that_fails_raises_without_a_compile_warning_or_a_retry(own_prepared, monkeypatch):
+    """Nothing compiled: a failure of the eager VAE encoder is the run's error, raised at once. The
+    fallback is for compiled calls only (it once took the eager VAE call for a compiled one, since
+    each access to a method makes a new bound method: it warned "the compiled vae_moments failed"
+    and ran the failing call again)."""
+    guide = own_prepared
+    assert guide.vae_moments == guide.posterior_moments and not guide.compiled_regions
+    calls = []
+
+    def failing(self, pixels):
+        calls.append(1)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(type(guide), "posterior_moments", failing)
+    guide.vae_moments = guide.posterior_moments  # as __init__ sets it, now the failing method
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a compile warning would fail here
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            _sds_of_two(guide)
+    assert calls == [1]
 
 
 def test_compile_scope_blocks_picks_the_unet_and_encoder_blocks():
