@@ -49,6 +49,7 @@ from tqdm import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from stag4d.compiled_regions import compile_regions
+from stag4d.cuda_graphs import stream_mismatch_warning_off
 from stag4d.errors import ModelUnavailable
 from stag4d.files import write_text
 
@@ -404,7 +405,8 @@ class GraphedEncoder:
         if graphed is None:
             sample = pixels.detach().clone().requires_grad_(True)
             try:
-                graphed = torch.cuda.make_graphed_callables(self.moments, (sample,), num_warmup_iters=self.warmup)
+                with stream_mismatch_warning_off():
+                    graphed = torch.cuda.make_graphed_callables(self.moments, (sample,), num_warmup_iters=self.warmup)
             except Exception as err:  # capture is an optimization: fall back to eager
                 warnings.warn(f"guidance_cuda_graph: VAE encoder capture failed ({type(err).__name__}: {err}); "
                               "eager encoder")

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from stag4d.cuda_graphs import stream_mismatch_warning_off
 from stag4d.gaussians.deformation import DeformationField, DeformationOutput
 
 
@@ -120,9 +121,10 @@ class GraphedDeformation:
         aliases = tuple(p.detach().requires_grad_(p.requires_grad) for p in self.field.parameters())
         try:
             # allow_unused_input: the opacity head's parameters get no gradient unless deform_opacity
-            graphed = self.capture(_FieldTensors(self.field, len(inputs)), samples + aliases,
-                                   num_warmup_iters=self.warmup if self.captures == 0 else self.recapture_warmup,
-                                   allow_unused_input=True)
+            with stream_mismatch_warning_off():
+                graphed = self.capture(_FieldTensors(self.field, len(inputs)), samples + aliases,
+                                       num_warmup_iters=self.warmup if self.captures == 0 else self.recapture_warmup,
+                                       allow_unused_input=True)
         except Exception as err:  # capture is an optimization: fall back to eager
             warnings.warn(f"cuda_graph_deformation: capture failed ({type(err).__name__}: {err}); eager deformation "
                           "from now on")
