@@ -93,7 +93,8 @@ def main() -> None:
 
     print(f"{n} Gaussians, {len(times)} times, host ms per forward + backward, median of {args.blocks} blocks of 100")
     measure("aliases", graphed_call(GraphedDeformation(field)))
-    measure("eager", lambda: _FieldModule(field)(means, log_scales, quats, times))
+    eager = _FieldModule(field)
+    measure("eager", lambda: eager(means, log_scales, quats, times))
     samples = tuple(x.detach().clone().requires_grad_() for x in (means, log_scales, quats)) + (times.clone(),)
     module = torch.cuda.make_graphed_callables(_FieldModule(field), samples, num_warmup_iters=3,
                                                allow_unused_input=True)

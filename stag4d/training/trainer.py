@@ -46,7 +46,7 @@ from gs_renderer import GaussianModel4D, write_model
 from guidance import Guidance, load_guidance
 from guidance.conditioning import choose_condition_view, sample_random_view
 from stag4d.data.frames import load_frames
-from stag4d.data.video import require_videos, to_uint8, write_video  # atomic H.264 through the ffmpeg binary (imageio-ffmpeg)
+from stag4d.data.video import require_videos, to_uint8, write_video  # atomic H.264 through imageio-ffmpeg
 from stag4d.device import resolve_device
 from stag4d.errors import DataError, ModelUnavailable, TrainingStopped, UserError
 from stag4d.files import BackgroundWriter, host_copy, save_image, torch_save, wait_for_file, write_text
