@@ -95,7 +95,8 @@ class GraphedDeformation:
         inputs = (means, log_scales, quats, times) + ((opacity_logits,) if use_opacity else ())
         if not (self.enabled and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
             return self.field(means, log_scales, quats, opacity_logits, times)
-        storage = tuple(p.data_ptr() for p in self.field.parameters())
+        parameters = tuple(self.field.parameters())  # one walk of the module tree per call: this is the step
+        storage = tuple(p.data_ptr() for p in parameters)
         if storage != self.parameter_storage:  # a parameter was replaced: the graphs would read the old one
             self.graphs.clear()
             self.parameter_storage = storage
@@ -108,7 +109,7 @@ class GraphedDeformation:
             if graphed is None:
                 return self.field(means, log_scales, quats, opacity_logits, times)
         self.used.add(key)
-        out = graphed(*inputs, *self.field.parameters())
+        out = graphed(*inputs, *parameters)
         return DeformationOutput(means=out[0], log_scales=out[1], quats=out[2],
                                  opacity_logits=out[3] if use_opacity else None)
 
